@@ -1,0 +1,98 @@
+"""Command line: `python experiments/run.py [train|demo] [--config X] [--dry-run] [key.sub=value ...]`.
+
+With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
+is printed as one line and exits with code 2 before any Ray work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from rob_ray.config import Config, ConfigError, config_to_dict, load_config
+
+__all__ = ["DEMO_CONFIG", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO_ROOT / "experiments" / "configs" / "demo.yaml"
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rob_ray.data.sources import DataSourceError
+    from rob_ray.models.students import StudentBuildError
+    from rob_ray.models.teachers.base import TeacherLoadError
+
+    return ConfigError, DataSourceError, TeacherLoadError, StudentBuildError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="experiments/run.py", description="RoB self-supervised distillation on Ray")
+    sub = p.add_subparsers(dest="command")
+    for name, text in (("train", "train a student (resumes when run.name already has checkpoints)"),
+                       ("demo", "the built-in demo: train on the shipped images, then k-NN table")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--config", default=None, help="YAML config (default: experiments/configs/demo.yaml)")
+        sp.add_argument("--dry-run", action="store_true", help="validate and print the resolved config and plan")
+        sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 scaling.num_workers=2")
+    return p
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Relative data paths in the shipped configs are relative to the repository root."""
+    for section, key in (("data", "path"), ("data", "eval_path")):
+        sec = getattr(cfg, section)
+        value = getattr(sec, key)
+        if value and not Path(value).is_absolute() and not Path(value).exists() and (base / value).exists():
+            setattr(sec, key, str(base / value))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("train", "demo", "-h", "--help"):
+        argv = ["demo", *argv]
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides), REPO_ROOT)
+        from rob_ray.preflight import preflight
+
+        pre = preflight(cfg)
+        if args.dry_run:
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())
+            print("# plan")
+            print(yaml.safe_dump(pre.plan, sort_keys=False).rstrip())
+            return 0
+        return _train(cfg, pre, demo=args.command == "demo")
+    except _user_errors() as exc:
+        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _train(cfg: Config, pre, demo: bool) -> int:
+    from rob_ray.train.launch import fit
+
+    t0 = time.perf_counter()
+    plan = pre.plan
+    print(f"[rob_ray] {plan['teacher']} ({plan['teacher_params_M']}M, {plan['teacher_prototypes']} prototypes) -> "
+          f"{plan['student']} ({plan['student_params_M']}M) on {plan['images']} images, {plan['views']}, "
+          f"{plan['total_steps']} steps x {plan['global_batch']} images", flush=True)
+    result = fit(cfg, table=pre.table)
+    train_s = time.perf_counter() - t0
+    print(f"[rob_ray] training done in {train_s:.0f}s; run folder {result.run_dir}", flush=True)
+    if demo or cfg.data.eval_path:
+        from rob_ray.eval.report import knn_report
+
+        report = knn_report(cfg, result.checkpoint_dir, teacher=pre.teacher)
+        report["train_seconds"] = round(train_s, 1)
+        report["total_seconds"] = round(time.perf_counter() - t0, 1)
+        (result.run_dir / "knn.json").write_text(json.dumps(report, indent=1))
+        (result.run_dir / "knn.md").write_text(report["table"] + "\n")
+        print(report["table"])
+        print(f"[rob_ray] wall time {report['total_seconds']:.0f}s (training {train_s:.0f}s)")
+    return 0

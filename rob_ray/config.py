@@ -1,0 +1,341 @@
+"""One strict config tree for every rob_ray entry point.
+
+The same `Config` drives the CLI, the Python API, Ray scaling and (later) the Tune search
+space. It is validated once, before any Ray work starts, and saved resolved into the run
+folder. Errors are turned into one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AugmentConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DinoMethodConfig",
+    "HeadConfig",
+    "OptimConfig",
+    "RunConfig",
+    "ScalingConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "apply_overrides",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Range = tuple[float, float]
+
+
+class DataConfig(StrictModel):
+    """Where the unlabelled images come from and how they are streamed."""
+
+    path: str = Field("experiments/demo_data/train", description="ImageFolder root, image folder, or Parquet file/folder")
+    format: Literal["auto", "imagefolder", "parquet"] = "auto"
+    parquet_image_column: str = Field("image", description="Parquet column holding encoded bytes or file paths")
+    parquet_label_column: str | None = None
+    max_images: int | None = Field(None, gt=0, description="use only the first N images (after sorting)")
+    num_actors: int = Field(1, ge=1, description="Ray Data augmentation actors per training worker")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    prefetch_batches: int = Field(2, ge=0)
+    eval_path: str | None = Field(None, description="labelled ImageFolder for k-NN after training (train/val split inside)")
+
+
+class AugmentConfig(StrictModel):
+    """Multi-crop policy. Defaults are DINO's (Caron et al. 2021, main_dino.py DataAugmentationDINO)."""
+
+    num_global: int = Field(2, ge=1)
+    num_local: int = Field(10, ge=0)
+    global_size: int = Field(224, ge=8)
+    local_size: int = Field(96, ge=8)
+    global_scale: Range = (0.4, 1.0)
+    local_scale: Range = (0.05, 0.4)
+    ratio: Range = (3 / 4, 4 / 3)
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    color_jitter_prob: float = Field(0.8, ge=0, le=1)
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    grayscale_prob: float = Field(0.2, ge=0, le=1)
+    # DINO: first global view always blurred, second 10 %, locals 50 %; solarize second global only.
+    blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    blur_sigma: Range = (0.1, 2.0)
+    solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
+    device: Literal["cpu", "gpu"] = "cpu"
+
+    @field_validator("global_scale", "local_scale", "ratio")
+    @classmethod
+    def _ordered_range(cls, v: Range) -> Range:
+        lo, hi = v
+        if not (0 < lo <= hi):
+            raise ValueError(f"must be (low, high) with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _scale_at_most_one(cls, v: Range) -> Range:
+        if v[1] > 1:
+            raise ValueError(f"crop scale is a fraction of the image area; high must be <= 1, got {v[1]}")
+        return v
+
+
+class TeacherConfig(StrictModel):
+    """The frozen pretrained teacher: backbone + its SSL head (prototypes)."""
+
+    kind: str = Field("efficientnet_lite0", description="teacher builder: efficientnet_lite0 | timm | dino | state_dict")
+    arch: str | None = Field(None, description="timm architecture (e.g. vit_small_patch16_224) for timm/dino/state_dict")
+    checkpoint: str | None = Field(None, description="local weights file (.pth/.pt/.safetensors)")
+    pretrained: bool = Field(False, description="kind=timm: fetch timm's pretrained weights (needs network or a cache)")
+    head_hidden_dim: int | None = Field(None, gt=0, description="override the SSL head width when the checkpoint has no args")
+    head_bottleneck_dim: int | None = Field(None, gt=0)
+    head_num_layers: int | None = Field(None, ge=1)
+    head_use_bn: bool | None = None
+
+
+class HeadConfig(StrictModel):
+    """Student projector (DINO head): MLP -> L2-normalised bottleneck -> weight-normalised prototypes."""
+
+    hidden_dim: int = Field(2048, gt=0)
+    bottleneck_dim: int = Field(256, gt=0)
+    num_layers: int = Field(3, ge=1)
+    use_bn: bool = False
+    norm_last_layer: bool = True
+    out_dim: int | None = Field(None, gt=0, description="default: the teacher's prototype count")
+
+
+class StudentConfig(StrictModel):
+    arch: str = Field("resnet18", description="any timm model name")
+    pretrained: bool = False
+    feature: Literal["pre_logits", "pooled"] = Field(
+        "pre_logits",
+        description="pre_logits: what timm returns with num_classes=0 (MobileNetV3: 1280-d after conv_head); "
+        "pooled: forward_features + global pool (MobileNetV3: 960-d)",
+    )
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    head: HeadConfig = HeadConfig()
+
+
+class DinoMethodConfig(StrictModel):
+    """RoB-DINO: cross-entropy between the frozen teacher's sharpened prototypes and the student's."""
+
+    name: Literal["dino"] = "dino"
+    teacher_temp: float = Field(0.07, gt=0)
+    student_temp: float = Field(0.1, gt=0)
+    centering: Literal["none", "ema"] = "none"
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    pairing: Literal["same_view", "swapped"] = "same_view"
+
+
+MethodConfig = Annotated[DinoMethodConfig, Field(discriminator="name")]
+
+
+class OptimConfig(StrictModel):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1, description="images per worker per step")
+    lr: float = Field(5e-4, gt=0, description="peak LR for a global batch of 256 (scaled linearly)")
+    min_lr: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    weight_decay: float = Field(0.04, ge=0)
+    weight_decay_end: float = Field(0.4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    clip_grad: float | None = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (schedules still span all epochs)")
+
+
+class ScalingConfig(StrictModel):
+    num_workers: int = Field(1, ge=0, description="training workers; 0 runs the loop in the driver process")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+    ray_address: str | None = Field(None, description="'auto' joins a running cluster; default: join if one runs, else start one")
+    ray_num_cpus: int | None = Field(None, ge=1, description="logical CPUs when rob_ray starts a local Ray")
+
+
+class RunConfig(StrictModel):
+    name: str = Field("rob_demo", pattern=r"^[A-Za-z0-9_.\-]+$", description="stable name: relaunching it resumes")
+    storage_path: str = "runs"
+    checkpoint_every_steps: int = Field(200, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1)
+    log_every_steps: int = Field(10, ge=1)
+    compile: bool = Field(False, description="torch.compile teacher and student")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+
+
+class Config(StrictModel):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    method: MethodConfig = DinoMethodConfig()
+    optim: OptimConfig = OptimConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.augment.local_size > self.augment.global_size:
+            raise ValueError(
+                f"augment.local_size ({self.augment.local_size}) must not exceed augment.global_size "
+                f"({self.augment.global_size})"
+            )
+        if self.method.name == "dino" and self.method.pairing == "swapped" and self.augment.num_global < 2 \
+                and self.augment.num_local == 0:
+            raise ValueError("method.pairing=swapped with one global and no local crop leaves no view pair")
+        if self.augment.device == "gpu" and not self.scaling.use_gpu:
+            raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
+        return self
+
+    def run_dir(self) -> Path:
+        return Path(self.run.storage_path) / self.run.name
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc[:-1]` (for listing valid keys)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            # Discriminated union members appear as an extra loc part (e.g. 'dino'); skip those.
+            continue
+        ann = model.model_fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else _union_member(ann, loc)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _union_member(ann: Any, loc: tuple[Any, ...]) -> Any:
+    for arg in getattr(ann, "__args__", ()):
+        for inner in getattr(arg, "__args__", (arg,)):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                name_field = inner.model_fields.get("name")
+                if name_field is not None and name_field.default in loc:
+                    return inner
+    return None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line for the first error: key, value, what is allowed."""
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"])
+    key = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in _method_names() and loc.index(p) == 1))
+    key = key or "<root>"
+    if e["type"] == "extra_forbidden":
+        owner = _model_at(loc)
+        valid = ", ".join(_valid_keys(owner)) if owner else "?"
+        close = difflib.get_close_matches(str(loc[-1]), _valid_keys(owner) if owner else [], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"config error: unknown key '{key}'{hint}; valid keys here: {valid}"
+    if e["type"] == "union_tag_invalid":
+        got = e["input"].get("name") if isinstance(e["input"], dict) else e["input"]
+        return f"config error: {key}.name: unknown method '{got}'; choose one of {e['ctx']['expected_tags']}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+        return f"config error: {key} = {e['input']!r}: {msg}"
+    return f"config error: {key}: {msg}"
+
+
+def _method_names() -> set[str]:
+    return {"dino"}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"config error: override '{text}' is not key=value (e.g. optim.lr=1e-3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"config error: override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted `key.sub=value` overrides (values parsed as YAML) into a nested dict."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"config error: override '{text}': '{p}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (optional), apply overrides, validate. Raises ConfigError with one line."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config error: config file '{p}' not found; pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"config error: '{p}' is not valid YAML{where}; fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config error: '{p}' must hold a mapping of sections (data:, optim:, ...)")
+        data = loaded
+    data = apply_overrides(data, overrides or [])
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> Config:
+    method = data.get("method")
+    if isinstance(method, dict) and "name" not in method:
+        data = {**data, "method": {"name": "dino", **method}}  # the default method needs no name
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomic)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(p)
+    return p

@@ -1,0 +1,78 @@
+"""Ray Data wiring: one deterministic stream of augmented batches per training worker.
+
+Each worker builds its own stream starting at its resume step (see `SampleSchedule`), so a
+restarted worker group continues exactly where the checkpoint left off instead of replaying
+from the start, which Train's dynamic `streaming_split` could not guarantee. This is the only
+data module that imports Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from rob_ray.data.mapper import MultiCropMapper
+from rob_ray.data.policy import CropPolicy
+from rob_ray.data.schedule import SampleSchedule
+
+__all__ = ["SamplePositions", "ray_batches"]
+
+
+class SamplePositions(Datasource):
+    """Rows `id` = start..stop-1 in blocks of `rows_per_block`.
+
+    Like `ray.data.range`, but read with `num_cpus=0`: on a small node a 1-CPU read task waits
+    forever behind the training workers and augmentation actors that hold every CPU.
+    """
+
+    def __init__(self, start: int, stop: int, rows_per_block: int) -> None:
+        self.start, self.stop, self.rows = start, stop, max(1, rows_per_block)
+
+    def estimate_inmemory_data_size(self) -> int:
+        return 8 * (self.stop - self.start)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        tasks = []
+        for lo in range(self.start, self.stop, self.rows):
+            hi = min(lo + self.rows, self.stop)
+            meta = BlockMetadata(num_rows=hi - lo, size_bytes=8 * (hi - lo), input_files=None, exec_stats=None)
+            tasks.append(ReadTask(lambda lo=lo, hi=hi: [pa.table({"id": np.arange(lo, hi)})], meta,
+                                  per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def ray_batches(
+    table_ref: Any,
+    policy: CropPolicy,
+    schedule: SampleSchedule,
+    rank: int,
+    start_step: int,
+    end_step: int,
+    num_actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    prefetch_batches: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream batches for steps [start_step, end_step) of `rank` through Ray Data actors."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # batch composition must not depend on actor timing
+    b = schedule.batch_size
+    # One block per step: actors work on different steps in parallel, the order is kept.
+    # concurrency=1: CPU-free tasks would otherwise all start at once, one process each.
+    ds = ray.data.read_datasource(SamplePositions(start_step * b, end_step * b, b), num_cpus=0, concurrency=1)
+    ds = ds.map_batches(
+        MultiCropMapper,
+        fn_constructor_kwargs={"table": [table_ref], "policy": policy, "schedule": schedule, "rank": rank},
+        batch_size=min(b, 32),
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=cpus_per_actor,
+        zero_copy_batch=True,
+    )
+    yield from ds.iter_batches(batch_size=b, drop_last=True, prefetch_batches=prefetch_batches,
+                               batch_format="numpy")

@@ -1,0 +1,42 @@
+"""Name -> teacher builder registry (timm-style): `@register_teacher("kind")` + `build_teacher(cfg)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rob_ray.models.teachers.base import Teacher, TeacherLoadError
+
+if TYPE_CHECKING:
+    from rob_ray.config import TeacherConfig
+
+__all__ = ["build_teacher", "list_teachers", "register_teacher"]
+
+_BUILDERS: dict[str, Callable[[TeacherConfig], Teacher]] = {}
+
+
+def register_teacher(kind: str) -> Callable:
+    def deco(fn: Callable[[TeacherConfig], Teacher]) -> Callable[[TeacherConfig], Teacher]:
+        _BUILDERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def list_teachers() -> list[str]:
+    _import_builders()
+    return sorted(_BUILDERS)
+
+
+def _import_builders() -> None:
+    # Lazy: importing a builder module registers it; none of them is imported before it is needed.
+    from rob_ray.models.teachers import dino, efficientnet_lite, timm_teacher  # noqa: F401
+
+
+def build_teacher(cfg: TeacherConfig) -> Teacher:
+    """Build the frozen teacher named by `cfg.kind`. Raises TeacherLoadError with one line."""
+    _import_builders()
+    builder = _BUILDERS.get(cfg.kind)
+    if builder is None:
+        raise TeacherLoadError(f"teacher.kind '{cfg.kind}' is unknown; choose one of: {', '.join(sorted(_BUILDERS))}")
+    return builder(cfg)

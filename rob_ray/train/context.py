@@ -1,0 +1,133 @@
+"""Where the loop runs: a small context with a Ray Train and a local implementation, so the
+whole training loop runs in a CPU unit test without a cluster (and on a GPU box without Ray)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rob_ray.data.mapper import MultiCropMapper
+from rob_ray.data.policy import CropPolicy
+from rob_ray.data.schedule import SampleSchedule
+from rob_ray.data.sources import ImageTable
+from rob_ray.train.checkpoint import CheckpointError, LocalCheckpoints, load_state, save_state
+
+__all__ = ["LocalContext", "RayTrainContext", "TrainContext"]
+
+
+class TrainContext:
+    """Rank, device, the batch stream, checkpoint save/load and metric reporting."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    run_dir: Path
+
+    def batches(self, policy: CropPolicy, schedule: SampleSchedule, start_step: int, end_step: int
+                ) -> Iterator[dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def load_latest(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def save(self, step: int, state: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
+        """Called by every rank; only rank 0 passes a state."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Called by every rank at the same steps."""
+
+
+class LocalContext(TrainContext):
+    """Single process: checkpoints under `<run_dir>/checkpoints`; batches from Ray Data when
+    `use_ray_data` (needs a running Ray), else straight from the mapper (no Ray at all)."""
+
+    def __init__(self, table: ImageTable, run_dir: str | Path, *, device: str | torch.device = "cpu",
+                 num_to_keep: int = 2, use_ray_data: bool = False, table_ref: Any = None,
+                 num_actors: int = 1, cpus_per_actor: float = 1.0, prefetch_batches: int = 2) -> None:
+        self.table, self.table_ref = table, table_ref
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.checkpoints = LocalCheckpoints(self.run_dir, num_to_keep)
+        self.use_ray_data = use_ray_data
+        self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
+                          "prefetch_batches": prefetch_batches}
+        self.reported: list[dict[str, Any]] = []
+
+    def batches(self, policy, schedule, start_step, end_step):
+        if self.use_ray_data:
+            from rob_ray.data.stream import ray_batches
+
+            return ray_batches(self.table_ref, policy, schedule, self.rank, start_step, end_step, **self.data_opts)
+        return MultiCropMapper(self.table, policy, schedule, self.rank).iter_local(start_step, end_step)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        found = self.checkpoints.latest()
+        return None if found is None else found[1]
+
+    def save(self, step, state, metrics):
+        if state is not None:
+            self.checkpoints.save(step, state, {"step": step, **_scalars(metrics)})
+
+    def report(self, metrics):
+        self.reported.append(metrics)
+
+
+class RayTrainContext(TrainContext):
+    """Inside a Ray Train worker: rank/device from Ray, checkpoints through `ray.train.report`."""
+
+    def __init__(self, table_ref: Any, run_dir: str | Path, *, num_actors: int = 1, cpus_per_actor: float = 1.0,
+                 prefetch_batches: int = 2) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.run_dir = Path(run_dir)
+        self.table_ref = table_ref
+        self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
+                          "prefetch_batches": prefetch_batches}
+
+    def batches(self, policy, schedule, start_step, end_step):
+        from rob_ray.data.stream import ray_batches
+
+        return ray_batches(self.table_ref, policy, schedule, self.rank, start_step, end_step, **self.data_opts)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        try:
+            with ckpt.as_directory() as d:
+                return load_state(d)
+        except CheckpointError as exc:
+            print(f"[rob_ray] warning: {exc}; starting from scratch", flush=True)
+            return None
+
+    def save(self, step, state, metrics):
+        import ray.train
+
+        if state is None:
+            ray.train.report(_scalars(metrics), checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_state(tmp, state, {"step": step, **_scalars(metrics)})
+            ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_step_{step:08d}")
+
+    def report(self, metrics):
+        import ray.train
+
+        ray.train.report(_scalars(metrics))
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}

@@ -1,0 +1,207 @@
+"""The RoB training loop, run by every worker (Ray Train) or in-process (LocalContext).
+
+Per step: uint8 views -> device -> normalise with the *teacher's* statistics -> frozen teacher
+on the global views (no grad, bf16 on GPU) -> student on all views -> method loss -> AdamW step
+with per-step LR / weight-decay schedules. Everything needed to continue lives in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rob_ray.config import Config, config_to_dict
+from rob_ray.data.policy import build_policy
+from rob_ray.data.schedule import SampleSchedule
+from rob_ray.losses import build_loss
+from rob_ray.models import build_student, build_teacher
+from rob_ray.train.context import TrainContext
+from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
+from rob_ray.train.schedules import cosine_schedule
+
+__all__ = ["build_optimizer", "param_groups", "train_loop"]
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Biases and norm parameters get no weight decay (DINO utils.get_params_groups)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "regularized": True}, {"params": no_decay, "regularized": False, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: Config, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    groups = param_groups(model)
+    if cfg.optim.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
+    return torch.optim.AdamW(groups, lr=0.0, fused=fused or None)
+
+
+def _normaliser(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+
+    def normalise(views_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """(B, V, 3, S, S) uint8 -> (V * B, 3, S, S) float, view-major (view 0's images first)."""
+        b, v = views_u8.shape[:2]
+        x = views_u8.transpose(0, 1).reshape(v * b, *views_u8.shape[2:]).float()
+        x = (x - m) / s
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    return normalise
+
+
+def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any]:
+    """Train (or resume) until the configured number of steps; returns the final metrics."""
+    device = ctx.device
+    is_cuda = device.type == "cuda"
+    threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
+    if not is_cuda:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)  # same initial student on every rank (DDP also broadcasts it)
+    use_bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and is_cuda)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    channels_last = cfg.run.channels_last
+
+    teacher = build_teacher(cfg.teacher).to(device)
+    student = build_student(cfg.student, out_dim=teacher.num_prototypes).to(device)
+    loss_fn = build_loss(cfg.method, teacher.num_prototypes).to(device)
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    policy = build_policy(cfg.augment)
+    schedule = SampleSchedule(num_images, ctx.world_size, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
+    total = schedule.total_steps
+    end = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
+    spe = schedule.steps_per_epoch
+    global_batch = ctx.world_size * cfg.optim.batch_size
+    lr_sched = cosine_schedule(cfg.optim.lr * global_batch / 256, cfg.optim.min_lr, total,
+                               int(cfg.optim.warmup_epochs * spe))
+    wd_sched = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total)
+    optimizer = build_optimizer(cfg, student, fused=is_cuda)
+
+    start, skipped = 0, 0
+    state = ctx.load_latest()
+    if state is not None:
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        loss_fn.load_state_dict(state["loss"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if is_cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        # The saved count is the all-ranks total: restore it on one rank only.
+        start, skipped = int(state["step"]), int(state["skipped_images"]) if ctx.rank == 0 else 0
+        if ctx.rank == 0:
+            print(f"[rob_ray] resumed from step {start} (epoch {start // spe})", flush=True)
+
+    model: nn.Module = student
+    if ctx.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if is_cuda else None)
+    run_teacher, run_student = teacher, model
+    if cfg.run.compile:
+        run_teacher, run_student = torch.compile(teacher), torch.compile(model)
+
+    normalise = _normaliser(teacher.mean, teacher.std, device)
+    writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
+    timer = StageTimer()
+    g_views, metrics = policy.num_global, {}
+    window_t0, window_images, step_images = time.perf_counter(), 0, 0
+    stream = iter(ctx.batches(policy, schedule, start, end))
+    student.train()
+    for step in range(start, end):
+        timer.start("data/wait")
+        batch = next(stream)
+        timer.stop("data/wait")
+        timer.start("step")
+        valid = torch.as_tensor(np.asarray(batch["valid"]))
+        n_bad = int((~valid).sum())
+        skipped += n_bad
+        gl = torch.as_tensor(np.asarray(batch["global"])).to(device, non_blocking=True)
+        lo = torch.as_tensor(np.asarray(batch["local"])).to(device, non_blocking=True)
+        weight = 1.0
+        if 0 < n_bad < len(valid):
+            keep = valid.to(device)
+            gl, lo = gl[keep], lo[keep]
+        elif n_bad == len(valid):
+            weight = 0.0  # keep DDP's all-reduce in step on the other ranks, learn nothing
+        gx = normalise(gl, channels_last)
+        crops = [gx] + ([normalise(lo, channels_last)] if lo.shape[1] else [])
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr_sched[step])
+            if group["regularized"]:
+                group["weight_decay"] = float(wd_sched[step])
+        with torch.no_grad(), autocast():
+            t_logits = run_teacher(gx)
+        with autocast():
+            s_logits = run_student(crops)
+        out = loss_fn(s_logits, t_logits, num_global=g_views)
+        loss = out["loss"] * weight
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.clip_grad:
+            nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
+        optimizer.step()
+        timer.stop("step")
+        step_images += len(valid)
+        done = step + 1
+        log_now = done % cfg.run.log_every_steps == 0 or done == end
+        ckpt_now = done % cfg.run.checkpoint_every_steps == 0 or done % spe == 0 or done == end
+        if log_now or ckpt_now:
+            if is_cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - window_t0
+            stages = timer.reset()
+            stats = distribution_stats(out["teacher_probs"], out["student_log_probs"], g_views)
+            skipped_all = _sum_across_ranks(skipped, device, ctx.world_size)
+            window_images = step_images * ctx.world_size
+            rate = window_images / max(elapsed, 1e-9)
+            metrics = {
+                "step": done, "epoch": step // spe, "loss": float(out["loss"].detach()), "lr": float(lr_sched[step]),
+                "weight_decay": float(wd_sched[step]), "img_per_s": rate,
+                "data_wait_frac": stages.get("data/wait", 0.0) / max(elapsed, 1e-9),
+                "skipped_images": skipped_all, "eta_s": (end - done) * global_batch / max(rate, 1e-9),
+                **{k: float(v) for k, v in stats.items()},
+                **{f"time/{k}": v for k, v in stages.items()},
+            }
+            if not math.isfinite(metrics["loss"]) and ctx.rank == 0:
+                print(f"[rob_ray] warning: non-finite loss at step {done}", flush=True)
+            if writer is not None:
+                writer.write(metrics)
+            window_t0, step_images = time.perf_counter(), 0
+            if ckpt_now:
+                payload = _state(cfg, student, optimizer, loss_fn, done, skipped_all, is_cuda) if ctx.rank == 0 else None
+                ctx.save(done, payload, metrics)
+            else:
+                ctx.report(metrics)
+    if writer is not None:
+        writer.close()
+    return metrics
+
+
+def _state(cfg: Config, student: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, step: int,
+           skipped: int, is_cuda: bool) -> dict[str, Any]:
+    return {
+        "student": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "step": step,
+        "skipped_images": skipped,
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if is_cuda else None},
+        "config": config_to_dict(cfg),
+    }
+
+
+def _sum_across_ranks(value: int, device: torch.device, world_size: int) -> int:
+    if world_size == 1:
+        return value
+    t = torch.tensor([value], device=device, dtype=torch.int64)
+    torch.distributed.all_reduce(t)
+    return int(t.item())

@@ -1,0 +1,21 @@
+"""Per-step schedules, precomputed once (DINO utils.cosine_scheduler): the loop only indexes them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["cosine_schedule"]
+
+
+def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
+                    warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up from `warmup_start` to `base`, then cosine from `base` to `final`.
+
+    Returns an array of length `total_steps` (float64).
+    """
+    warmup_steps = min(warmup_steps, total_steps)
+    warm = np.linspace(warmup_start, base, warmup_steps, endpoint=False) if warmup_steps else np.zeros(0)
+    rest = total_steps - warmup_steps
+    t = np.arange(rest)
+    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t / max(rest, 1)))
+    return np.concatenate([warm, cos]).astype(np.float64)

@@ -1,0 +1,65 @@
+"""Decoding: every odd image mode becomes RGB uint8; broken input becomes None, never an exception."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rob_ray.data import decode as decode_mod
+from rob_ray.data import decode_rgb
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_real_greyscale_jpeg_becomes_rgb(imagenette):
+    # One of the 242 greyscale files of the shared copy (PIL mode L).
+    for path in sorted((imagenette / "train" / "n03394916").iterdir()):
+        if Image.open(path).mode == "L":
+            break
+    else:
+        pytest.fail("no greyscale image found")
+    arr = decode_rgb(path.read_bytes())
+    assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
+    assert np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "RGBA", "LA", "1"])
+def test_modes_convert_to_rgb(mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    img = rgb.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    arr = decode_rgb(_encode(img, fmt))
+    assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8 and arr.flags.writeable
+
+
+def test_transparent_pixels_composite_on_white():
+    img = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert (decode_rgb(_encode(img, "PNG")) == 255).all()
+
+
+def test_16bit_png_scaled_not_clipped():
+    arr16 = np.full((8, 8), 32768, dtype=np.uint16)
+    out = decode_rgb(_encode(Image.fromarray(arr16), "PNG"))
+    assert out.shape == (8, 8, 3) and abs(int(out[0, 0, 0]) - 128) <= 1
+
+
+@pytest.mark.parametrize("data", [b"", None, b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 20])
+def test_broken_inputs_return_none(data):
+    assert decode_rgb(data) is None
+
+
+def test_truncated_jpeg_returns_none(imagenette):
+    data = next((imagenette / "val" / "n01440764").iterdir()).read_bytes()
+    assert decode_rgb(data[: len(data) // 3]) is None
+
+
+def test_decompression_bomb_is_skipped(monkeypatch):
+    monkeypatch.setattr(decode_mod, "MAX_IMAGE_PIXELS", 100)
+    assert decode_rgb(_encode(Image.new("RGB", (20, 20)), "PNG")) is None
