@@ -63,6 +63,10 @@ def init_ray(cfg: Config) -> None:
     if address is not None:
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
         return
+    # Workers of a cluster we start import the same rob_ray as this driver (a clone that was
+    # not pip-installed, or a second checkout, must not pick up another copy).
+    package_root = str(Path(__file__).resolve().parents[2])
+    runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     plan = resource_plan(cfg)
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
     ray.init(num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
