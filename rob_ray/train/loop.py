@@ -1,8 +1,8 @@
 """The RoB training loop, run by every worker (Ray Train) or in-process (LocalContext).
 
-Per step: uint8 views -> device -> normalise with the *teacher's* statistics -> frozen teacher
-on the global views (no grad, bf16 on GPU) -> student on all views -> method loss -> AdamW step
-with per-step LR / weight-decay schedules. Everything needed to continue lives in the checkpoint.
+Per step: uint8 views -> device -> normalise with the *teacher's* statistics -> the method
+(`rob_ray.methods`: frozen teacher on the global views, student on all views, the loss; bf16
+autocast on GPU) -> AdamW step with per-step LR / weight-decay schedules. Everything needed to continue lives in the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import nn
 from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
-from rob_ray.losses import build_loss
+from rob_ray.methods import Views, build_method
 from rob_ray.models import build_student, build_teacher
 from rob_ray.train.context import TrainContext
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
@@ -73,7 +73,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
 
     teacher = build_teacher(cfg.teacher).to(device)
     student = build_student(cfg.student, out_dim=teacher.num_prototypes).to(device)
-    loss_fn = build_loss(cfg.method, teacher.num_prototypes).to(device)
+    method = build_method(cfg.method, teacher, student).to(device)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
@@ -93,7 +93,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     if state is not None:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
-        loss_fn.load_state_dict(state["loss"])
+        method.load_state_dict(state["method"])
         torch.set_rng_state(state["rng"]["torch"])
         if is_cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -132,23 +132,24 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             gl, lo = gl[keep], lo[keep]
         elif n_bad == len(valid):
             weight = 0.0  # keep DDP's all-reduce in step on the other ranks, learn nothing
-        gx = normalise(gl, channels_last)
-        crops = [gx] + ([normalise(lo, channels_last)] if lo.shape[1] else [])
+        lx = normalise(lo, channels_last) if lo.shape[1] else None
         for group in optimizer.param_groups:
             group["lr"] = float(lr_sched[step])
             if group["regularized"]:
                 group["weight_decay"] = float(wd_sched[step])
-        with torch.no_grad(), autocast():
-            t_logits = run_teacher(gx)
+        labels = torch.as_tensor(np.asarray(batch["label"]))
+        if 0 < n_bad < len(valid):
+            labels = labels[valid]
+        views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
         with autocast():
-            s_logits = run_student(crops)
-        out = loss_fn(s_logits, t_logits, num_global=g_views)
-        loss = out["loss"] * weight
+            out = method(views, run_teacher, run_student, step)
+        loss = out.loss * weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optim.clip_grad:
             nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
         optimizer.step()
+        method.after_optimizer_step(step)
         timer.stop("step")
         step_images += len(valid)
         done = step + 1
@@ -159,17 +160,20 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_t0
             stages = timer.reset()
-            stats = distribution_stats(out["teacher_probs"], out["student_log_probs"], g_views)
+            stats = {}
+            if out.teacher_probs is not None and out.student_log_probs is not None:
+                stats = distribution_stats(out.teacher_probs, out.student_log_probs, g_views)
             skipped_all = _sum_across_ranks(skipped, device, ctx.world_size)
             window_images = step_images * ctx.world_size
             rate = window_images / max(elapsed, 1e-9)
             metrics = {
-                "step": done, "epoch": step // spe, "loss": float(out["loss"].detach()), "lr": float(lr_sched[step]),
+                "step": done, "epoch": step // spe, "loss": float(out.loss.detach()), "lr": float(lr_sched[step]),
                 "weight_decay": float(wd_sched[step]), "img_per_s": rate,
                 "data_wait_frac": stages.get("data/wait", 0.0) / max(elapsed, 1e-9),
                 "skipped_images": skipped_all, "eta_s": (end - done) * global_batch / max(rate, 1e-9),
                 **{k: float(v) for k, v in stats.items()},
                 **{f"time/{k}": v for k, v in stages.items()},
+                **method.extra_metrics(),
             }
             if not math.isfinite(metrics["loss"]) and ctx.rank == 0:
                 print(f"[rob_ray] warning: non-finite loss at step {done}", flush=True)
@@ -177,7 +181,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 writer.write(metrics)
             window_t0, step_images = time.perf_counter(), 0
             if ckpt_now:
-                payload = _state(cfg, student, optimizer, loss_fn, done, skipped_all, is_cuda) if ctx.rank == 0 else None
+                payload = _state(cfg, student, optimizer, method, done, skipped_all, is_cuda) if ctx.rank == 0 else None
                 ctx.save(done, payload, metrics)
             else:
                 ctx.report(metrics)
@@ -186,12 +190,12 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     return metrics
 
 
-def _state(cfg: Config, student: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, step: int,
+def _state(cfg: Config, student: nn.Module, optimizer: torch.optim.Optimizer, method: nn.Module, step: int,
            skipped: int, is_cuda: bool) -> dict[str, Any]:
     return {
         "student": student.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "loss": loss_fn.state_dict(),
+        "method": method.state_dict(),  # centre, queues, EMA teacher: whatever the method keeps
         "step": step,
         "skipped_images": skipped,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if is_cuda else None},
