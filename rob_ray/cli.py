@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="experiments/run.py", description="RoB self-supervised distillation on Ray")
     sub = p.add_subparsers(dest="command")
     for name, text in (("train", "train a student (resumes when run.name already has checkpoints)"),
-                       ("demo", "the built-in demo: train on the shipped images, then k-NN table")):
+                       ("demo", "the built-in demo: train on the shipped images, then k-NN table"),
+                       ("tune", "a Ray Tune sweep over the config's tune.search_space (re-run to resume)")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", default=None, help="YAML config (default: experiments/configs/demo.yaml)")
         sp.add_argument("--dry-run", action="store_true", help="validate and print the resolved config and plan")
@@ -55,11 +56,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "demo", "-h", "--help"):
+    if not argv or argv[0] not in ("train", "demo", "tune", "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)
     try:
         cfg = _resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides), REPO_ROOT)
+        if args.command == "tune":
+            return _tune(cfg, dry_run=args.dry_run)
         from rob_ray.preflight import preflight
 
         pre = preflight(cfg)
@@ -72,6 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _tune(cfg: Config, dry_run: bool) -> int:
+    from rob_ray.config import config_to_dict
+    from rob_ray.tune.space import check_space
+
+    parsed = check_space(config_to_dict(cfg), cfg.tune.search_space)  # fails fast, before Ray starts
+    if dry_run:
+        print(yaml.safe_dump({"search_space": {k: {kind: list(a) if isinstance(a, tuple) else a}
+                                               for k, (kind, a) in parsed.items()}}, sort_keys=False).rstrip())
+        return 0
+    from rob_ray.tune.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    out = run_sweep(cfg)
+    print((Path(out["trials_csv"])).read_text().rstrip())
+    print(f"[rob_ray] sweep done in {time.perf_counter() - t0:.0f}s: {out['sweep_dir']} "
+          f"(best: {out.get('best_params')})")
+    return 0
 
 
 def _train(cfg: Config, pre, demo: bool) -> int:

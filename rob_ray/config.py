@@ -26,6 +26,7 @@ __all__ = [
     "ScalingConfig",
     "StudentConfig",
     "TeacherConfig",
+    "TuneConfig",
     "apply_overrides",
     "load_config",
     "save_config",
@@ -174,12 +175,31 @@ class RunConfig(StrictModel):
     name: str = Field("rob_demo", pattern=r"^[A-Za-z0-9_.\-]+$", description="stable name: relaunching it resumes")
     storage_path: str = "runs"
     checkpoint_every_steps: int = Field(200, ge=1)
+    checkpoint_every_epochs: int = Field(1, ge=1, description="also checkpoint at the end of every N-th epoch")
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
     log_every_steps: int = Field(10, ge=1)
     compile: bool = Field(False, description="torch.compile teacher and student")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+
+
+class TuneConfig(StrictModel):
+    """A Ray Tune sweep over dotted config paths (see rob_ray/tune/space.py for the distributions)."""
+
+    search_space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="dotted config path -> {loguniform|uniform: [lo, hi]} | {randint: [lo, hi]} | {choice|grid: [...]}",
+    )
+    num_samples: int = Field(4, ge=1, description="samples per grid point")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
+    metric: str = Field("online_knn_top1", description="a training metric; 'loss' works without online k-NN")
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    search_alg: Literal["random", "optuna"] = "random"
+    grace_period: float = Field(1.0, gt=0, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+    trial_driver_cpus: float = Field(0.01, gt=0, description="CPU held by each trial's driver function")
 
 
 class Config(StrictModel):
@@ -192,6 +212,7 @@ class Config(StrictModel):
     optim: OptimConfig = OptimConfig()
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

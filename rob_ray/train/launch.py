@@ -118,8 +118,11 @@ def _worker_entry(config: dict[str, Any]) -> None:
     train_loop(cfg, ctx, config["num_images"])
 
 
-def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
-    """Train `cfg` to completion (resuming when its run folder already has checkpoints)."""
+def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = None) -> FitResult:
+    """Train `cfg` to completion (resuming when its run folder already has checkpoints).
+
+    `callbacks`: Ray Train V2 `UserCallback`s (e.g. Tune's `TuneReportCallback` inside a sweep).
+    """
     import ray
 
     storage = Path(cfg.run.storage_path).expanduser().resolve()
@@ -132,6 +135,8 @@ def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
     _check_cluster_fits(cfg)
     table_ref = ray.put(table)
     if cfg.scaling.num_workers == 0:
+        if callbacks:
+            raise ConfigError("config error: scaling.num_workers = 0 runs without Ray Train; sweeps need >= 1 worker")
         from rob_ray.train.context import LocalContext
         from rob_ray.train.loop import train_loop
 
@@ -155,7 +160,8 @@ def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
                                          resources_per_worker=resources),
             run_config=RunConfig(name=cfg.run.name, storage_path=str(storage),
                                  failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
+                                 callbacks=callbacks),
         )
         result = trainer.fit()
         metrics = dict(result.metrics or {})

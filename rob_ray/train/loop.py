@@ -154,7 +154,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         step_images += len(valid)
         done = step + 1
         log_now = done % cfg.run.log_every_steps == 0 or done == end
-        ckpt_now = done % cfg.run.checkpoint_every_steps == 0 or done % spe == 0 or done == end
+        epoch_end = done % spe == 0 and (done // spe) % cfg.run.checkpoint_every_epochs == 0
+        ckpt_now = done % cfg.run.checkpoint_every_steps == 0 or epoch_end or done == end
         if log_now or ckpt_now:
             if is_cuda:
                 torch.cuda.synchronize()
@@ -167,7 +168,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             window_images = step_images * ctx.world_size
             rate = window_images / max(elapsed, 1e-9)
             metrics = {
-                "step": done, "epoch": step // spe, "loss": float(out.loss.detach()), "lr": float(lr_sched[step]),
+                "step": done, "epoch": step // spe, "epochs_done": done / spe, "loss": float(out.loss.detach()),
+                "lr": float(lr_sched[step]),
                 "weight_decay": float(wd_sched[step]), "img_per_s": rate,
                 "data_wait_frac": stages.get("data/wait", 0.0) / max(elapsed, 1e-9),
                 "skipped_images": skipped_all, "eta_s": (end - done) * global_batch / max(rate, 1e-9),
