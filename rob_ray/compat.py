@@ -14,6 +14,8 @@ one-line strings that name both sides and the fix. `check_compatibility` runs th
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,17 @@ def patch_size_of(model: nn.Module) -> int | None:
 
 def _pads(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "patch_embed", None), "dynamic_img_pad", False))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Probe forwards run in eval mode (a 1-image batch through BatchNorm in train mode fails) and restore it."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
 
 
 # ---------------------------------------------------------------- 1. head width
@@ -148,7 +161,8 @@ def check_feature_widths(teacher: nn.Module, student: nn.Module, teacher_probe: 
     if head_in is not None and head_in != t_emb.shape[-1]:
         out.append(f"teacher error: '{teacher.name}' head reads {head_in}-d features but its backbone returns "
                    f"{t_emb.shape[-1]}-d; load the head trained with this backbone")
-    s_emb = student.embed(student_probe)
+    with _eval_mode(student):
+        s_emb = student.embed(student_probe)
     s_in = _head_in(student.head)
     if s_in is not None and s_in != s_emb.shape[-1]:
         out.append(f"config error: the student head reads {s_in}-d features but student.feature="
@@ -211,7 +225,8 @@ def estimate_memory(teacher: nn.Module, student: nn.Module, *, teacher_probe: to
     """
     act_bytes = 2 if bf16 else 4
     _, t_peak = _activation_profile(teacher, teacher_probe)
-    s_sum, _ = _activation_profile(student, student_probe, fn=lambda x: student([x]))
+    with _eval_mode(student):
+        s_sum, _ = _activation_profile(student, student_probe, fn=lambda x: student([x]))
     t_scale = (global_size / teacher_probe.shape[-1]) ** 2
     s_scale_g, s_scale_l = (global_size / student_probe.shape[-1]) ** 2, (local_size / student_probe.shape[-1]) ** 2
     t_params = sum(p.numel() * p.element_size() for p in teacher.parameters())
@@ -297,20 +312,15 @@ def check_compatibility(cfg, teacher: nn.Module, student: nn.Module, device_GiB:
     if rep.errors:
         return rep  # the probes below assume the shapes above are right
     t_probe, s_probe = _probe(teacher, probe_size), _probe(student, probe_size)
-    was_training = student.training
-    student.eval()  # BN in eval: a 1-image probe is fine
-    try:
-        rep.errors += check_feature_widths(teacher, student, t_probe, s_probe)
-        if rep.errors:
-            return rep
-        bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and cfg.scaling.use_gpu)
-        rep.memory = estimate_memory(teacher, student, teacher_probe=t_probe, student_probe=s_probe,
-                                     global_size=cfg.augment.global_size, local_size=cfg.augment.local_size,
-                                     num_global=cfg.augment.num_global, num_local=cfg.augment.num_local,
-                                     batch_size=cfg.optim.batch_size, head_out=expected, bf16=bf16,
-                                     optimizer=cfg.optim.optimizer)
-    finally:
-        student.train(was_training)
+    rep.errors += check_feature_widths(teacher, student, t_probe, s_probe)
+    if rep.errors:
+        return rep
+    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and cfg.scaling.use_gpu)
+    rep.memory = estimate_memory(teacher, student, teacher_probe=t_probe, student_probe=s_probe,
+                                 global_size=cfg.augment.global_size, local_size=cfg.augment.local_size,
+                                 num_global=cfg.augment.num_global, num_local=cfg.augment.num_local,
+                                 batch_size=cfg.optim.batch_size, head_out=expected, bf16=bf16,
+                                 optimizer=cfg.optim.optimizer)
     if device_GiB is None:
         device_GiB, name = _device_memory_GiB(cfg)
     else:

@@ -63,7 +63,8 @@ def load_weights(path: str | Path) -> dict[str, Any]:
             "because unpickling can run code; re-save it as a plain state_dict (torch.save(model.state_dict())) "
             "or .safetensors"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, IndexError, ValueError, KeyError, TypeError) as exc:
+        # Garbage bytes reach torch's legacy unpickler, which fails with whatever error the bytes provoke.
         raise TeacherLoadError(
             f"teacher checkpoint '{p}' is truncated or not a PyTorch file ({type(exc).__name__}); download it again"
         ) from None

@@ -6,9 +6,9 @@ teacher:
   arch: vit_small_patch16_224        # the timm model the backbone keys fit
   checkpoint: my_teacher.safetensors
   key_map:                           # ordered {regex: replacement}, re.sub in turn; '' drops a key
-    "^encoder\\.": "backbone."
-    "^proj_head\\.": "head."
-    "^decoder\\..*": ""
+    '^encoder[.]': backbone.
+    '^proj_head[.]': head.
+    '^decoder[.].*': ''
 ```
 
 After mapping, every key must start with `backbone.` (timm key names of `arch`) or `head.` (DINO head
