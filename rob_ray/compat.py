@@ -33,6 +33,7 @@ __all__ = [
     "check_patch_sizes",
     "estimate_memory",
     "patch_size_of",
+    "summary",
 ]
 
 GiB = 1024**3

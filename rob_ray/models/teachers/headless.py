@@ -10,7 +10,6 @@ Two honest ways forward, chosen explicitly by the user:
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from rob_ray.models.teachers.base import Teacher, TeacherLoadError
@@ -65,8 +64,3 @@ def student_out_dim(method_name: str, teacher: Teacher) -> int:
         )
     return int(teacher.num_prototypes)
 
-
-@torch.no_grad()
-def _probe_width(backbone: nn.Module, size: int = 64) -> int:
-    """Embedding width by running the backbone once (fallback when no attribute says it)."""
-    return int(backbone(torch.zeros(1, 3, size, size)).shape[-1])
