@@ -1,4 +1,5 @@
-"""Command line: `python experiments/run.py [train|demo] [--config X] [--dry-run] [key.sub=value ...]`.
+"""Command line: `python experiments/run.py [train|demo] [--config X] [--dry-run] [key.sub=value ...]`,
+`python experiments/run.py teachers [NAME]` (the teacher catalogue).
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
 is printed as one line and exits with code 2 before any Ray work starts.
@@ -21,6 +22,7 @@ __all__ = ["DEMO_CONFIG", "main"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "experiments" / "configs" / "demo.yaml"
 EXIT_USER_ERROR = 2
+COMMANDS = ("train", "demo", "tune", "teachers")  # anything else on the command line runs the demo
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=None, help="YAML config (default: experiments/configs/demo.yaml)")
         sp.add_argument("--dry-run", action="store_true", help="validate and print the resolved config and plan")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 scaling.num_workers=2")
+    tp = sub.add_parser("teachers", help="list the teacher catalogue (NAME: one entry, its URL and local file)")
+    tp.add_argument("name", nargs="?", default=None)
     return p
 
 
@@ -56,10 +60,15 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "demo", "tune", "-h", "--help"):
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)
     try:
+        if args.command == "teachers":
+            from rob_ray.models.teachers.catalogue import describe_entry, format_catalogue
+
+            print(describe_entry(args.name) if args.name else format_catalogue())
+            return 0
         cfg = _resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides), REPO_ROOT)
         if args.command == "tune":
             return _tune(cfg, dry_run=args.dry_run)

@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DinoMethodConfig",
+    "FeatureMethodConfig",
     "HeadConfig",
     "OptimConfig",
     "RunConfig",
@@ -100,10 +101,16 @@ class AugmentConfig(StrictModel):
 class TeacherConfig(StrictModel):
     """The frozen pretrained teacher: backbone + its SSL head (prototypes)."""
 
-    kind: str = Field("efficientnet_lite0", description="teacher builder: efficientnet_lite0 | timm | dino | state_dict")
+    name: str | None = Field(None, description="a catalogue name (`experiments/run.py teachers`); sets kind/arch/file")
+    kind: str = Field("efficientnet_lite0", description="teacher builder: efficientnet_lite0 | timm | dino | state_dict | ...")
     arch: str | None = Field(None, description="timm architecture (e.g. vit_small_patch16_224) for timm/dino/state_dict")
     checkpoint: str | None = Field(None, description="local weights file (.pth/.pt/.safetensors)")
     pretrained: bool = Field(False, description="kind=timm: fetch timm's pretrained weights (needs network or a cache)")
+    head_checkpoint: str | None = Field(
+        None, description="a DINO-layout head file (mlp.*, last_layer.*) for a backbone-only teacher")
+    key_map: dict[str, str] | None = Field(
+        None, description="kind=state_dict: ordered {regex: replacement} renames onto backbone.<timm key> / head.<DINO head key>; "
+        "a key renamed to '' is dropped")
     head_hidden_dim: int | None = Field(None, gt=0, description="override the SSL head width when the checkpoint has no args")
     head_bottleneck_dim: int | None = Field(None, gt=0)
     head_num_layers: int | None = Field(None, ge=1)
@@ -144,7 +151,15 @@ class DinoMethodConfig(StrictModel):
     pairing: Literal["same_view", "swapped"] = "same_view"
 
 
-MethodConfig = Annotated[DinoMethodConfig, Field(discriminator="name")]
+class FeatureMethodConfig(StrictModel):
+    """Feature-level distillation for teachers without an SSL head (timm DINOv2/v3, MAE, *_pretrain.pth):
+    the student projector regresses the teacher's L2-normalised embedding, loss 1 - cosine."""
+
+    name: Literal["feature"] = "feature"
+    pairing: Literal["same_view", "swapped"] = "same_view"
+
+
+MethodConfig = Annotated[DinoMethodConfig | FeatureMethodConfig, Field(discriminator="name")]
 
 
 class OptimConfig(StrictModel):
@@ -213,6 +228,11 @@ class Config(StrictModel):
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
     tune: TuneConfig = TuneConfig()
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_by_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v  # `teacher: dino_vitb16` names a catalogue entry
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -283,7 +303,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def _method_names() -> set[str]:
-    return {"dino"}
+    return {"dino", "feature"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from rob_ray.config import Config, ConfigError
 from rob_ray.data.sources import ImageTable, scan_images
+from rob_ray.models.teachers.base import TeacherLoadError
 
 __all__ = ["Preflight", "preflight"]
 
@@ -24,27 +25,24 @@ class Preflight:
 
 def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     """Scan the data, build teacher and student on CPU, check they fit. Raises ConfigError-like errors."""
+    from rob_ray.compat import check_compatibility, summary
     from rob_ray.data.schedule import SampleSchedule
     from rob_ray.models import build_student, build_teacher
+    from rob_ray.models.teachers.headless import student_out_dim
     from rob_ray.train.launch import resource_plan
 
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
     teacher = build_teacher(cfg.teacher)
-    out_dim = cfg.student.head.out_dim
-    if out_dim is not None and out_dim != teacher.num_prototypes:
-        raise ConfigError(
-            f"config error: student.head.out_dim = {out_dim} but teacher '{teacher.name}' has "
-            f"{teacher.num_prototypes} prototypes; remove student.head.out_dim or set it to {teacher.num_prototypes}"
-        )
-    size, patch = cfg.augment.global_size, teacher.patch_size
-    if patch and size % patch:  # the teacher sees only the global crops
-        raise ConfigError(
-            f"config error: augment.global_size = {size} is not a multiple of the teacher's patch size {patch}; "
-            f"use {max(patch, size - size % patch)}"
-        )
-    student = build_student(cfg.student, out_dim=teacher.num_prototypes)
+    try:
+        out_dim = student_out_dim(cfg.method.name, teacher)
+    except TeacherLoadError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    student = build_student(cfg.student, out_dim=out_dim)
+    compat = check_compatibility(cfg, teacher, student)  # shapes, patch sizes, normalisation, method needs, memory
+    if compat.errors:
+        raise ConfigError(compat.errors[0])
     workers = max(cfg.scaling.num_workers, 1)
     try:
         schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
@@ -65,5 +63,6 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
         "student": cfg.student.arch,
         "student_params_M": round(sum(p.numel() for p in student.parameters()) / 1e6, 2),
         "views": f"{cfg.augment.num_global}x{cfg.augment.global_size} + {cfg.augment.num_local}x{cfg.augment.local_size}",
+        **summary(compat),
     }
     return Preflight(table=table, teacher=teacher, student=student, plan=plan)

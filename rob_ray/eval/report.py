@@ -27,6 +27,7 @@ def eval_splits(cfg: Config) -> tuple[str, str]:
 def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k: int = 20,
                temperature: float = 0.07) -> dict[str, Any]:
     from rob_ray.models import build_student, build_teacher
+    from rob_ray.models.teachers.headless import student_out_dim
     from rob_ray.train.checkpoint import load_state
 
     bank_path, query_path = eval_splits(cfg)
@@ -36,8 +37,9 @@ def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k:
     size = cfg.augment.global_size
     mean, std = teacher.mean, teacher.std
     torch.manual_seed(cfg.seed)  # the same initial weights the run started from
-    untrained = build_student(cfg.student, out_dim=teacher.num_prototypes).eval()
-    trained = build_student(cfg.student, out_dim=teacher.num_prototypes).eval()
+    out_dim = student_out_dim(cfg.method.name, teacher)
+    untrained = build_student(cfg.student, out_dim=out_dim).eval()
+    trained = build_student(cfg.student, out_dim=out_dim).eval()
     if checkpoint_dir is not None:
         trained.load_state_dict(load_state(checkpoint_dir)["student"])
     rows = []

@@ -1,9 +1,10 @@
 """Losses: plain torch, no Ray. Each takes student/teacher scores and returns a dict with `loss`."""
 
 from rob_ray.losses.dino import DinoLoss
+from rob_ray.losses.feature import FeatureLoss
 from rob_ray.losses.pairing import PAIRINGS, view_pairs
 
-__all__ = ["PAIRINGS", "DinoLoss", "build_loss", "view_pairs"]
+__all__ = ["PAIRINGS", "DinoLoss", "FeatureLoss", "build_loss", "view_pairs"]
 
 
 def build_loss(method, out_dim: int):

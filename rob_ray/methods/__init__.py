@@ -14,4 +14,9 @@ def build_method(method_cfg, teacher, student) -> Method:
         from rob_ray.methods.dino import DinoMethod
 
         return DinoMethod(teacher, student, build_loss(method_cfg, teacher.num_prototypes))
+    if method_cfg.name == "feature":
+        from rob_ray.losses.feature import FeatureLoss
+        from rob_ray.methods.feature import FeatureMethod
+
+        return FeatureMethod(teacher, student, FeatureLoss(pairing=method_cfg.pairing))
     raise ValueError(f"unknown method '{method_cfg.name}'")

@@ -21,6 +21,7 @@ from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.methods import Views, build_method
 from rob_ray.models import build_student, build_teacher
+from rob_ray.models.teachers.headless import student_out_dim
 from rob_ray.train.context import TrainContext
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
 from rob_ray.train.schedules import cosine_schedule
@@ -72,7 +73,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     channels_last = cfg.run.channels_last
 
     teacher = build_teacher(cfg.teacher).to(device)
-    student = build_student(cfg.student, out_dim=teacher.num_prototypes).to(device)
+    student = build_student(cfg.student, out_dim=student_out_dim(cfg.method.name, teacher)).to(device)
     method = build_method(cfg.method, teacher, student).to(device)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)

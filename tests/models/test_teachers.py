@@ -128,8 +128,11 @@ def test_bad_checkpoint_files_one_line(tmp_path):
     torch.save({"teacher": {"backbone.w": torch.zeros(3)}, "obj": _Arbitrary()}, pickled)
     assert "arbitrary unpickling" in err(kind="dino", checkpoint=str(pickled))
     assert "no DINO head" in err(kind="dino", checkpoint=str(good))
+    # Bare keys are a backbone-only file: without args or an official file name the arch is unknown.
     torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, tmp_path / "nobb.pth")
-    assert "no backbone" in err(kind="dino", checkpoint=str(tmp_path / "nobb.pth"))
+    assert "does not name its architecture" in err(kind="dino", checkpoint=str(tmp_path / "nobb.pth"))
+    torch.save({"teacher": {"head.mlp.0.weight": torch.zeros(2, 2)}}, tmp_path / "headonly.pth")
+    assert "no backbone" in err(kind="dino", checkpoint=str(tmp_path / "headonly.pth"))
     assert "teacher.kind 'what' is unknown" in err(kind="what")
 
 

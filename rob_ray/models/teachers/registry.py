@@ -30,12 +30,15 @@ def list_teachers() -> list[str]:
 
 def _import_builders() -> None:
     # Lazy: importing a builder module registers it; none of them is imported before it is needed.
-    from rob_ray.models.teachers import dino, efficientnet_lite, timm_teacher  # noqa: F401
+    from rob_ray.models.teachers import dino, efficientnet_lite, state_dict, timm_teacher  # noqa: F401
 
 
 def build_teacher(cfg: TeacherConfig) -> Teacher:
-    """Build the frozen teacher named by `cfg.kind`. Raises TeacherLoadError with one line."""
+    """Build the frozen teacher named by `cfg.kind` (or `cfg.name`, a catalogue entry). Raises TeacherLoadError."""
+    from rob_ray.models.teachers.catalogue import resolve_teacher_config
+
     _import_builders()
+    cfg = resolve_teacher_config(cfg)
     builder = _BUILDERS.get(cfg.kind)
     if builder is None:
         raise TeacherLoadError(f"teacher.kind '{cfg.kind}' is unknown; choose one of: {', '.join(sorted(_BUILDERS))}")

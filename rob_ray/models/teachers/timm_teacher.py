@@ -1,55 +1,86 @@
-"""timm backbones as teachers. A timm classifier's logits can act as prototypes; a backbone
-without a head needs an SSL head from a checkpoint (kind=dino) — never a random one."""
+"""timm models as teachers, by timm name including the pretrained tag: `vit_small_patch16_224.dino`,
+`vit_small_patch14_dinov2.lvd142m`, `vit_base_patch16_dinov3.lvd1689m`, `vit_base_patch16_224.mae`, ...
+
+- A timm *classifier* (its pretrained cfg has classes) keeps its logits as prototypes.
+- A timm *backbone* (num_classes 0: every DINO/DINOv2/DINOv3/MAE tag) has no SSL head, so it becomes a
+  headless teacher (feature objective) unless `teacher.head_checkpoint` names a head — never a random head.
+
+Weights: `teacher.checkpoint` (a local .safetensors / .pth in timm's or the original release's layout: timm's
+own checkpoint filter converts e.g. DINOv2's `dinov2_vits14_pretrain.pth`), read safely by rob_ray and
+handed to timm as a state_dict; else `teacher.pretrained=true` lets timm fetch them (needs network or cache).
+Normalisation comes from the tag's pretrained cfg (DINOv3 `sat493m` uses its own mean/std).
+"""
 
 from __future__ import annotations
 
 import timm
 
 from rob_ray.models.teachers.base import Teacher, TeacherLoadError
+from rob_ray.models.teachers.checkpoint_io import load_weights, strip_prefix
 from rob_ray.models.teachers.registry import register_teacher
 
-__all__ = ["build_timm_teacher", "create_timm_backbone"]
+__all__ = ["build_timm_teacher", "create_timm_backbone", "timm_has_classifier"]
 
 
 def create_timm_backbone(arch: str, *, pretrained: bool = False, num_classes: int | None = 0,
                          checkpoint: str | None = None):
-    """timm model; `num_classes=None` keeps the model's own classifier."""
+    """timm model; `num_classes=None` keeps the model's own classifier. `checkpoint` is read with rob_ray's
+    safe loader and passed to timm as a state_dict, so timm's checkpoint filter (layout conversion) applies."""
     kwargs = {"pretrained": pretrained}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if any(t in arch for t in ("vit", "deit", "eva")):
         kwargs["dynamic_img_size"] = True  # teachers see non-224 global crops on small data
     if checkpoint:
-        kwargs["pretrained_cfg_overlay"] = {"file": checkpoint}
+        state = strip_prefix(load_weights(checkpoint), "module.")
+        kwargs["pretrained_cfg_overlay"] = {"state_dict": state}
         kwargs["pretrained"] = True
     try:
         return timm.create_model(arch, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise TeacherLoadError(f"teacher.arch '{arch}' is not a timm model") from None
-        raise TeacherLoadError(f"could not create timm model '{arch}': {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0][:200]
+        if checkpoint:
+            raise TeacherLoadError(
+                f"'{checkpoint}' does not fit timm model '{arch}' ({first}); set teacher.arch to the model it was saved from"
+            ) from None
+        raise TeacherLoadError(f"could not create timm model '{arch}': {first}") from None
     except (OSError, ValueError) as exc:
         raise TeacherLoadError(
             f"timm could not fetch weights for '{arch}' ({type(exc).__name__}); offline, set teacher.checkpoint "
-            "to a local file"
+            "to a local file (or teacher.name to a catalogue entry placed in the cache)"
         ) from None
+
+
+def timm_has_classifier(arch: str) -> bool:
+    """Does timm's pretrained cfg for this name carry a classifier (num_classes > 0)?"""
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:  # names without a pretrained tag still have a default cfg; be permissive
+        cfg = None
+    return bool(cfg is not None and getattr(cfg, "num_classes", 0))
 
 
 @register_teacher("timm")
 def build_timm_teacher(cfg) -> Teacher:
     if not cfg.arch:
-        raise TeacherLoadError("teacher.kind=timm needs teacher.arch (a timm model name)")
-    model = create_timm_backbone(cfg.arch, pretrained=cfg.pretrained, num_classes=None, checkpoint=cfg.checkpoint)
-    head = model.get_classifier()
-    if getattr(head, "out_features", 0) == 0:
-        raise TeacherLoadError(
-            f"timm model '{cfg.arch}' has no classifier to use as prototypes; use teacher.kind=dino with a head checkpoint"
-        )
-    model.reset_classifier(0)
+        raise TeacherLoadError("teacher.kind=timm needs teacher.arch (a timm model name, e.g. vit_small_patch14_dinov2.lvd142m)")
+    keep_classifier = timm_has_classifier(cfg.arch) and not cfg.head_checkpoint
+    model = create_timm_backbone(cfg.arch, pretrained=cfg.pretrained, num_classes=None if keep_classifier else 0,
+                                 checkpoint=cfg.checkpoint)
     data_cfg = timm.data.resolve_data_config({}, model=model)
-    return Teacher(model, head, num_prototypes=head.out_features, embed_dim=head.in_features,
-                   mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]), name=f"timm:{cfg.arch}",
-                   patch_size=_patch_size(model))
+    common = dict(mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]), patch_size=_patch_size(model))
+    head = model.get_classifier() if keep_classifier else None
+    if head is not None and getattr(head, "out_features", 0):
+        model.reset_classifier(0)
+        return Teacher(model, head, num_prototypes=head.out_features, embed_dim=head.in_features,
+                       name=f"timm:{cfg.arch}", **common)
+    from rob_ray.models.teachers.headless import attach_head
+
+    width = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    label = "backbone only" if not cfg.head_checkpoint else f"+ head {cfg.head_checkpoint}"
+    return attach_head(model, cfg, embed_dim=width, name=f"timm:{cfg.arch} ({label})", **common)
 
 
 def _patch_size(model) -> int | None:
