@@ -25,13 +25,19 @@ class Preflight:
 def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     """Scan the data, build teacher and student on CPU, check they fit. Raises ConfigError-like errors."""
     from rob_ray.data.schedule import SampleSchedule
-    from rob_ray.models import build_student, build_teacher
+    from rob_ray.methods import build_models
     from rob_ray.train.launch import resource_plan
 
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
-    teacher = build_teacher(cfg.teacher)
+    teacher, student = build_models(cfg)
+    if cfg.method.name == "kd" and cfg.method.alpha < 1 and bool((table.labels < 0).any()):
+        raise ConfigError(
+            f"config error: method.alpha = {cfg.method.alpha} uses labels, but {int((table.labels < 0).sum())} of "
+            f"{len(table)} images under '{cfg.data.path}' have none; use a labelled ImageFolder (or "
+            "data.parquet_label_column) or set method.alpha=1"
+        )
     out_dim = cfg.student.head.out_dim
     if out_dim is not None and out_dim != teacher.num_prototypes:
         raise ConfigError(
@@ -44,7 +50,6 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
             f"config error: augment.global_size = {size} is not a multiple of the teacher's patch size {patch}; "
             f"use {max(patch, size - size % patch)}"
         )
-    student = build_student(cfg.student, out_dim=teacher.num_prototypes)
     workers = max(cfg.scaling.num_workers, 1)
     try:
         schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
