@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def scaled_local_size(global_size: int, preset: dict[str, Any], multiple: int) -> int:
     """The preset's local/global size ratio applied to `global_size`, rounded to `multiple` (>= one multiple)."""
     raw = global_size * preset["local_size"] / preset["global_size"]
-    return max(multiple, int(round(raw / multiple)) * multiple)
+    return max(multiple, round(raw / multiple) * multiple)
 
 
 def resolve_preset(data: dict[str, Any]) -> dict[str, Any]:

@@ -41,10 +41,7 @@ def pairs(g: int, v: int, num_global: int, pairing: str) -> list[tuple[int, int]
     out = []
     for i in range(g):
         for j in range(v):
-            if pairing == "swapped":
-                ok = j != i
-            else:
-                ok = g == 1 or j == i or j >= num_global
+            ok = (j != i) if pairing == "swapped" else (g == 1 or j == i or j >= num_global)
             if ok:
                 out.append((i, j))
     return out

@@ -101,9 +101,9 @@ def test_backbone_only_file_is_refused(tmp_path):
     state = {f"module.{k}": v for k, v in torchvision.models.resnet18().state_dict().items()}
     path = tmp_path / "backbone.pth"
     torch.save(state, path)
-    with pytest.raises(TeacherLoadError, match="no prototypes.weight"):
+    with pytest.raises(TeacherLoadError, match=r"no prototypes\.weight"):
         build_teacher(TeacherConfig(kind="swav", checkpoint=str(path)))
-    with pytest.raises(TeacherLoadError, match="needs teacher.checkpoint"):
+    with pytest.raises(TeacherLoadError, match=r"needs teacher\.checkpoint"):
         build_teacher(TeacherConfig(kind="swav"))
 
 
