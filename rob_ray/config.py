@@ -22,10 +22,13 @@ __all__ = [
     "DinoMethodConfig",
     "FeatureMethodConfig",
     "HeadConfig",
+    "KDMethodConfig",
     "OptimConfig",
     "RunConfig",
     "ScalingConfig",
+    "ScratchDinoMethodConfig",
     "StudentConfig",
+    "SwavMethodConfig",
     "TeacherConfig",
     "TuneConfig",
     "apply_overrides",
@@ -60,8 +63,15 @@ class DataConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    """Multi-crop policy. Defaults are DINO's (Caron et al. 2021, main_dino.py DataAugmentationDINO)."""
+    """Multi-crop policy. Defaults are DINO's (Caron et al. 2021, main_dino.py DataAugmentationDINO).
 
+    `policy` picks a per-method preset (rob_ray/presets.py): every field the user did not set takes the
+    preset's value, every field the user set wins. A preset's local size follows an explicit
+    `global_size` (224/96 -> 112/48), rounded to a multiple of `size_multiple` (the ViT patch size).
+    """
+
+    policy: Literal["custom", "dino", "ibot", "msn", "swav"] = "custom"
+    size_multiple: int = Field(16, ge=1, description="preset-derived crop sizes are rounded to this multiple")
     num_global: int = Field(2, ge=1)
     num_local: int = Field(10, ge=0)
     global_size: int = Field(224, ge=8)
@@ -81,6 +91,15 @@ class AugmentConfig(StrictModel):
     blur_sigma: Range = (0.1, 2.0)
     solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
     device: Literal["cpu", "gpu"] = "cpu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("policy", "custom") != "custom":
+            from rob_ray.presets import resolve_preset
+
+            return resolve_preset(data)
+        return data
 
     @field_validator("global_scale", "local_scale", "ratio")
     @classmethod
@@ -159,7 +178,47 @@ class FeatureMethodConfig(StrictModel):
     pairing: Literal["same_view", "swapped"] = "same_view"
 
 
-MethodConfig = Annotated[DinoMethodConfig | FeatureMethodConfig, Field(discriminator="name")]
+class SwavMethodConfig(StrictModel):
+    """RoB-SwAV: Sinkhorn-Knopp codes of the frozen teacher's prototype scores vs the student's scores."""
+
+    name: Literal["swav"] = "swav"
+    epsilon: float = Field(0.03, gt=0, description="Sinkhorn entropic regularisation")
+    sinkhorn_iterations: int = Field(3, ge=0, description="0 = plain softmax(scores / epsilon)")
+    student_temp: float = Field(0.1, gt=0)
+    prototypes: Literal["teacher", "student"] = Field(
+        "teacher", description="score the student's embedding against the teacher's frozen prototypes or its own")
+    teacher_views: int = Field(2, ge=1, le=2, description="global crops the teacher assigns codes for (1 or 2)")
+    queue_length: int = Field(0, ge=0, description="past teacher score rows per worker added to Sinkhorn (0 = none)")
+    pairing: Literal["same_view", "swapped"] = "same_view"
+
+
+class KDMethodConfig(StrictModel):
+    """Supervised KD baseline (Hinton et al. 2015): (1 - alpha) CE(labels) + alpha T^2 KL(teacher || student)."""
+
+    name: Literal["kd"] = "kd"
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term; < 1 needs labelled images")
+    temperature: float = Field(10.0, gt=0)
+    pairing: Literal["same_view", "swapped"] = "same_view"
+
+
+class ScratchDinoMethodConfig(StrictModel):
+    """SSL from scratch (original DINO, no branch replaced): EMA teacher, centering, temperature warm-up."""
+
+    name: Literal["dino_scratch"] = "dino_scratch"
+    out_dim: int = Field(65536, gt=0, description="prototypes of the student head (and its EMA copy)")
+    teacher_temp: float = Field(0.07, gt=0)
+    warmup_teacher_temp: float = Field(0.04, gt=0)
+    warmup_teacher_temp_epochs: int = Field(30, ge=0)
+    student_temp: float = Field(0.1, gt=0)
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    momentum_teacher: float = Field(0.996, ge=0, le=1, description="EMA momentum, cosine to 1 over training")
+    pairing: Literal["same_view", "swapped"] = "swapped"
+
+
+MethodConfig = Annotated[
+    DinoMethodConfig | FeatureMethodConfig | SwavMethodConfig | KDMethodConfig | ScratchDinoMethodConfig,
+    Field(discriminator="name"),
+]
 
 
 class OptimConfig(StrictModel):
@@ -241,9 +300,15 @@ class Config(StrictModel):
                 f"augment.local_size ({self.augment.local_size}) must not exceed augment.global_size "
                 f"({self.augment.global_size})"
             )
-        if self.method.name == "dino" and self.method.pairing == "swapped" and self.augment.num_global < 2 \
+        if getattr(self.method, "pairing", None) == "swapped" and self.augment.num_global < 2 \
                 and self.augment.num_local == 0:
             raise ValueError("method.pairing=swapped with one global and no local crop leaves no view pair")
+        if self.method.name == "swav" and self.method.teacher_views > self.augment.num_global:
+            raise ValueError(f"method.teacher_views ({self.method.teacher_views}) exceeds augment.num_global "
+                             f"({self.augment.num_global})")
+        if self.method.name == "dino_scratch" and self.student.head.out_dim not in (None, self.method.out_dim):
+            raise ValueError(f"student.head.out_dim ({self.student.head.out_dim}) differs from method.out_dim "
+                             f"({self.method.out_dim}); set only method.out_dim for dino_scratch")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         return self
@@ -303,7 +368,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def _method_names() -> set[str]:
-    return {"dino", "feature"}
+    return {"dino", "feature", "swav", "kd", "dino_scratch"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -27,19 +27,22 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     """Scan the data, build teacher and student on CPU, check they fit. Raises ConfigError-like errors."""
     from rob_ray.compat import check_compatibility, summary
     from rob_ray.data.schedule import SampleSchedule
-    from rob_ray.models import build_student, build_teacher
-    from rob_ray.models.teachers.headless import student_out_dim
+    from rob_ray.methods import build_models
     from rob_ray.train.launch import resource_plan
 
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
-    teacher = build_teacher(cfg.teacher)
     try:
-        out_dim = student_out_dim(cfg.method.name, teacher)
+        teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
     except TeacherLoadError as exc:
         raise ConfigError(f"config error: {exc}") from None
-    student = build_student(cfg.student, out_dim=out_dim)
+    if cfg.method.name == "kd" and cfg.method.alpha < 1 and bool((table.labels < 0).any()):
+        raise ConfigError(
+            f"config error: method.alpha = {cfg.method.alpha} uses labels, but {int((table.labels < 0).sum())} of "
+            f"{len(table)} images under '{cfg.data.path}' have none; use a labelled ImageFolder (or "
+            "data.parquet_label_column) or set method.alpha=1"
+        )
     compat = check_compatibility(cfg, teacher, student)  # shapes, patch sizes, normalisation, method needs, memory
     if compat.errors:
         raise ConfigError(compat.errors[0])

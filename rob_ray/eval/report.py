@@ -26,22 +26,25 @@ def eval_splits(cfg: Config) -> tuple[str, str]:
 
 def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k: int = 20,
                temperature: float = 0.07) -> dict[str, Any]:
-    from rob_ray.models import build_student, build_teacher
-    from rob_ray.models.teachers.headless import student_out_dim
+    from rob_ray.methods import build_models, needs_pretrained_teacher
     from rob_ray.train.checkpoint import load_state
 
     bank_path, query_path = eval_splits(cfg)
     bank, queries = scan_images(bank_path), scan_images(query_path)
-    if teacher is None:
-        teacher = build_teacher(cfg.teacher)
+    if not needs_pretrained_teacher(cfg.method):
+        teacher = None  # the EMA teacher is rebuilt below and loaded from the checkpoint
     size = cfg.augment.global_size
-    mean, std = teacher.mean, teacher.std
     torch.manual_seed(cfg.seed)  # the same initial weights the run started from
-    out_dim = student_out_dim(cfg.method.name, teacher)
-    untrained = build_student(cfg.student, out_dim=out_dim).eval()
-    trained = build_student(cfg.student, out_dim=out_dim).eval()
+    teacher, untrained = build_models(cfg, teacher)
+    _, trained = build_models(cfg, teacher)
+    untrained.eval(), trained.eval()
+    mean, std = teacher.mean, teacher.std
     if checkpoint_dir is not None:
-        trained.load_state_dict(load_state(checkpoint_dir)["student"])
+        state = load_state(checkpoint_dir)
+        trained.load_state_dict(state["student"])
+        if not needs_pretrained_teacher(cfg.method):
+            teacher.load_state_dict({k[len("ema."):]: v for k, v in state["method"].items() if k.startswith("ema.")})
+    teacher.eval()
     rows = []
     for name, model in (("student (RoB-trained)", trained), ("student (untrained)", untrained),
                         (f"teacher {teacher.name}", teacher)):

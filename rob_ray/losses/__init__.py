@@ -2,9 +2,12 @@
 
 from rob_ray.losses.dino import DinoLoss
 from rob_ray.losses.feature import FeatureLoss
+from rob_ray.losses.kd import KDLoss
 from rob_ray.losses.pairing import PAIRINGS, view_pairs
+from rob_ray.losses.sinkhorn import sinkhorn_knopp
+from rob_ray.losses.swav import SwavLoss
 
-__all__ = ["PAIRINGS", "DinoLoss", "FeatureLoss", "build_loss", "view_pairs"]
+__all__ = ["PAIRINGS", "DinoLoss", "FeatureLoss", "KDLoss", "SwavLoss", "build_loss", "sinkhorn_knopp", "view_pairs"]
 
 
 def build_loss(method, out_dim: int):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rob_ray.methods.base import Method, StepOutput, Views
+from rob_ray.methods.models import build_models, needs_pretrained_teacher
 
-__all__ = ["Method", "StepOutput", "Views", "build_method"]
+__all__ = ["Method", "StepOutput", "Views", "build_method", "build_models", "needs_pretrained_teacher"]
 
 
 def build_method(method_cfg, teacher, student) -> Method:
@@ -19,4 +20,28 @@ def build_method(method_cfg, teacher, student) -> Method:
         from rob_ray.methods.feature import FeatureMethod
 
         return FeatureMethod(teacher, student, FeatureLoss(pairing=method_cfg.pairing))
+    if method_cfg.name == "swav":
+        from rob_ray.losses.swav import SwavLoss
+        from rob_ray.methods.swav import SwavMethod
+
+        m = method_cfg
+        loss = SwavLoss(teacher.num_prototypes, epsilon=m.epsilon, sinkhorn_iterations=m.sinkhorn_iterations,
+                        student_temp=m.student_temp, pairing=m.pairing, queue_length=m.queue_length,
+                        num_teacher_views=m.teacher_views)
+        return SwavMethod(teacher, student, loss)
+    if method_cfg.name == "kd":
+        from rob_ray.losses.kd import KDLoss
+        from rob_ray.methods.kd import KDMethod
+
+        return KDMethod(teacher, student, KDLoss(method_cfg.alpha, method_cfg.temperature, method_cfg.pairing))
+    if method_cfg.name == "dino_scratch":
+        from rob_ray.losses.dino import DinoLoss
+        from rob_ray.methods.dino_scratch import ScratchDinoMethod
+
+        m = method_cfg
+        loss = DinoLoss(m.out_dim, teacher_temp=m.teacher_temp, student_temp=m.student_temp, centering="ema",
+                        center_momentum=m.center_momentum, pairing=m.pairing)
+        return ScratchDinoMethod(teacher, student, loss, momentum_teacher=m.momentum_teacher,
+                                 teacher_temp=m.teacher_temp, warmup_teacher_temp=m.warmup_teacher_temp,
+                                 warmup_teacher_temp_epochs=m.warmup_teacher_temp_epochs)
     raise ValueError(f"unknown method '{method_cfg.name}'")

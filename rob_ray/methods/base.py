@@ -67,6 +67,9 @@ class Method(nn.Module):
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
         raise NotImplementedError
 
+    def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
+        """Called once by the loop before training: precompute per-step schedules (EMA momentum, temperatures)."""
+
     def after_optimizer_step(self, step: int) -> None:
         """Hook after each optimiser step (EMA teacher updates live here)."""
 

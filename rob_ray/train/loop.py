@@ -19,9 +19,7 @@ from torch import nn
 from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
-from rob_ray.methods import Views, build_method
-from rob_ray.models import build_student, build_teacher
-from rob_ray.models.teachers.headless import student_out_dim
+from rob_ray.methods import Views, build_method, build_models
 from rob_ray.train.context import TrainContext
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
 from rob_ray.train.schedules import cosine_schedule
@@ -72,8 +70,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     channels_last = cfg.run.channels_last
 
-    teacher = build_teacher(cfg.teacher).to(device)
-    student = build_student(cfg.student, out_dim=student_out_dim(cfg.method.name, teacher)).to(device)
+    teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
+    teacher, student = teacher.to(device), student.to(device)
     method = build_method(cfg.method, teacher, student).to(device)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -83,6 +81,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     total = schedule.total_steps
     end = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
     spe = schedule.steps_per_epoch
+    method.set_schedule(total, spe)
     global_batch = ctx.world_size * cfg.optim.batch_size
     lr_sched = cosine_schedule(cfg.optim.lr * global_batch / 256, cfg.optim.min_lr, total,
                                int(cfg.optim.warmup_epochs * spe))

@@ -1,0 +1,78 @@
+"""RoB-SwAV loss (Duval et al. 2023, Sec. 3; SwAV, Caron et al. 2020, Eq. 2-3 and main_swav.py).
+
+The frozen teacher scores its global crops against its prototypes; Sinkhorn-Knopp turns the scores
+into balanced codes q (optionally together with a FIFO queue of past teacher scores); the student's
+crops predict them: CE(q_i, softmax(s_v / tau)), averaged over the batch and over view pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.sinkhorn import sinkhorn_knopp
+
+__all__ = ["SwavLoss"]
+
+
+class SwavLoss(nn.Module):
+    """Args:
+        num_prototypes: K (width of the queue rows).
+        epsilon, sinkhorn_iterations: Sinkhorn parameters (RoB 0.03, 3; 0 iterations = softmax(t / eps)).
+        student_temp: tau (0.1).
+        pairing: "same_view" (RoB) or "swapped" (SwAV: every v != i).
+        queue_length: rows of past teacher scores per teacher view kept on this worker (0 = no queue).
+            As in SwAV, the queue joins the Sinkhorn problem only once it is full.
+        num_teacher_views: G, the global crops the teacher scores (1 or 2); the queue keeps one per view.
+
+    Forward:
+        student_scores: (V * B, K) view-major; teacher_scores: (G * B, K); num_global: global crops
+        among the student's V views.
+    Returns a dict: `loss`, `teacher_probs` (G * B, K) codes, `student_log_probs` (V * B, K).
+    """
+
+    def __init__(self, num_prototypes: int, epsilon: float = 0.03, sinkhorn_iterations: int = 3,
+                 student_temp: float = 0.1, pairing: str = "same_view", queue_length: int = 0,
+                 num_teacher_views: int = 2) -> None:
+        super().__init__()
+        self.epsilon, self.iterations, self.student_temp = epsilon, sinkhorn_iterations, student_temp
+        self.pairing, self.queue_length, self.num_teacher_views = pairing, queue_length, num_teacher_views
+        # Buffers, so the method's state_dict (the checkpoint) carries the queue across a resume.
+        self.register_buffer("queue", torch.zeros(num_teacher_views, queue_length, num_prototypes))
+        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                num_global: int | None = None) -> dict[str, torch.Tensor]:
+        g = self.num_teacher_views
+        if teacher_scores.shape[0] % g:
+            raise ValueError(f"teacher_scores rows ({teacher_scores.shape[0]}) are not a multiple of {g} views")
+        batch = teacher_scores.shape[0] // g
+        if student_scores.shape[0] % batch:
+            raise ValueError(f"student_scores rows ({student_scores.shape[0]}) are not a multiple of batch {batch}")
+        if student_scores.shape[1] != teacher_scores.shape[1]:
+            raise ValueError(f"student scores have {student_scores.shape[1]} prototypes, the teacher {teacher_scores.shape[1]}")
+        v = student_scores.shape[0] // batch
+        teacher = teacher_scores.detach().float()
+        use_queue = self.queue_length > 0 and int(self.queue_count) >= self.queue_length
+        codes = []
+        for i, t in enumerate(teacher.chunk(g)):
+            if use_queue:
+                # Queue rows widen the equipartition; only this batch's codes are kept.
+                codes.append(sinkhorn_knopp(torch.cat([self.queue[i], t]), self.epsilon, self.iterations)[-batch:])
+            else:
+                codes.append(sinkhorn_knopp(t, self.epsilon, self.iterations))
+        if self.queue_length > 0 and self.training:
+            self._push(teacher.chunk(g))
+        s_logp = F.log_softmax(student_scores.float() / self.student_temp, dim=-1)
+        s_chunks = s_logp.chunk(v)
+        pairs = view_pairs(g, v, num_global if num_global is not None else g, self.pairing)
+        loss = sum(-(codes[i] * s_chunks[j]).sum(dim=-1).mean() for i, j in pairs) / len(pairs)
+        return {"loss": loss, "teacher_probs": torch.cat(codes), "student_log_probs": s_logp}
+
+    @torch.no_grad()
+    def _push(self, chunks: tuple[torch.Tensor, ...]) -> None:
+        for i, t in enumerate(chunks):
+            self.queue[i] = torch.cat([t.to(self.queue.dtype), self.queue[i]])[: self.queue_length]
+        self.queue_count.add_(chunks[0].shape[0])
