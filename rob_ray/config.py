@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DinoMethodConfig",
+    "EvalConfig",
     "HeadConfig",
     "OptimConfig",
     "RunConfig",
@@ -182,6 +183,17 @@ class RunConfig(StrictModel):
     channels_last: bool = True
 
 
+class EvalConfig(StrictModel):
+    """Evaluation during training: online k-NN on a small labelled held-out set (the Tune signal)."""
+
+    online_knn_every_epochs: int = Field(0, ge=0, description="0 = off; else k-NN every N epochs and at the end")
+    online_knn_path: str | None = Field(None, description="labelled ImageFolder with train/ (memory bank) and val/")
+    online_knn_max_images: int | None = Field(1000, gt=0, description="cap per split (even spread over classes)")
+    k: int = Field(20, ge=1)
+    temperature: float = Field(0.07, gt=0)
+    collapse_std_ratio: float = Field(0.2, ge=0, description="warn when embedding std < ratio / sqrt(dim)")
+
+
 class Config(StrictModel):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -192,6 +204,7 @@ class Config(StrictModel):
     optim: OptimConfig = OptimConfig()
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -203,6 +216,8 @@ class Config(StrictModel):
         if self.method.name == "dino" and self.method.pairing == "swapped" and self.augment.num_global < 2 \
                 and self.augment.num_local == 0:
             raise ValueError("method.pairing=swapped with one global and no local crop leaves no view pair")
+        if self.eval.online_knn_every_epochs and not self.eval.online_knn_path:
+            raise ValueError("eval.online_knn_every_epochs needs eval.online_knn_path (a labelled train/ + val/ folder)")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         return self
