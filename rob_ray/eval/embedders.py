@@ -13,7 +13,7 @@ Embedding choice (`feature`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ class EmbedSpec:
     'teacher' (the config's teacher), 'timm' (`arch`, optional local `checkpoint`).
     config: the run's resolved config dict (student / teacher kinds).
     mean / std: input normalisation; None = the model's own (teacher's for students, timm's cfg).
+    seed: random init of a timm model without a checkpoint (a reproducible random baseline).
     """
 
     kind: Literal["student", "teacher", "timm"]
@@ -44,7 +45,7 @@ class EmbedSpec:
     feature: str = "auto"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
 
 class Embedder(nn.Module):
@@ -119,6 +120,7 @@ def build_embedder(spec: EmbedSpec, device: str | torch.device = "cpu") -> Embed
 
         from rob_ray.models.teachers.timm_teacher import create_timm_backbone
 
+        torch.manual_seed(spec.seed)  # every actor builds the same random weights
         model = create_timm_backbone(spec.arch or "", checkpoint=spec.checkpoint)
         cfg = timm.data.resolve_data_config({}, model=model)
         mean, std = spec.mean or tuple(cfg["mean"]), spec.std or tuple(cfg["std"])
