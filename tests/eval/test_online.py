@@ -50,6 +50,10 @@ def test_collapsed_student_triggers_a_warning(capsys):
     out = ev(4, _Constant(), probe)
     assert out["embedding_std"] == 0.0 and out["probe_prototypes_used"] == 1.0 and "online_knn_top1" not in out
     assert "student looks collapsed after 1 epochs" in capsys.readouterr().out
+    short = EpochEvaluator(cfg.eval, rank=0, world_size=1, device=torch.device("cpu"), mean=(0.5,) * 3,
+                           std=(0.5,) * 3, size=16, steps_per_epoch=4, end_step=2)
+    assert short(2, _Constant(), probe)["embedding_std"] == 0.0  # measured at the last step...
+    assert "collapsed" not in capsys.readouterr().out  # ...but not judged before one full epoch
 
 
 def test_online_knn_value_equals_offline_knn_on_the_same_embeddings(labelled_root):
