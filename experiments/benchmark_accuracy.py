@@ -81,7 +81,7 @@ def build_configs(spec: dict[str, Any], data: Path, out: Path, smoke: bool, skip
 def main() -> int:
     args = _parse()
     from rob_ray.eval.embedders import EmbedSpec
-    from rob_ray.eval.runner import _features, evaluate_features, labelled_splits, markdown_table, write_results
+    from rob_ray.eval.runner import evaluate_features, labelled_splits, markdown_table, split_features, write_results
     from rob_ray.preflight import preflight
     from rob_ray.train.launch import fit
 
@@ -124,8 +124,11 @@ def main() -> int:
                                "run_dir": str(out / "rob"), "engine": ev["engine"], "smoke": args.smoke,
                                "train_config": config, "models": {}}
     t2 = time.perf_counter()
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # engine=local; Ray actors pick their own
     for s in specs:
-        fb, lb, fq, lq = _features(s, tables, ev["size"], ev["engine"], 128, 1, "cpu")
+        fb, lb, fq, lq = split_features(s, tables, ev["size"], ev["engine"], 128, 1, device)
         results["models"][s.name] = evaluate_features(
             fb, lb, fq, lq, ks=ev["knn_k"],
             linear_kwargs={"epochs": ev["linear_epochs"], "lrs": ev["linear_lrs"],

@@ -21,7 +21,8 @@ from rob_ray.eval.knn import KNN_KS, knn_accuracies
 from rob_ray.eval.linear import linear_probe
 from rob_ray.eval.lowshot import lowshot_eval
 
-__all__ = ["PROTOCOLS", "evaluate", "evaluate_features", "find_run_dir", "markdown_table", "model_specs"]
+__all__ = ["PROTOCOLS", "evaluate", "evaluate_features", "find_run_dir", "labelled_splits", "markdown_table",
+           "model_specs", "split_features", "write_results"]
 
 PROTOCOLS = ("knn", "linear", "lowshot")
 
@@ -105,8 +106,9 @@ def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
     return out
 
 
-def _features(spec: EmbedSpec, tables: tuple[ImageTable, ImageTable], size: int, engine: str, batch_size: int,
+def split_features(spec: EmbedSpec, tables: tuple[ImageTable, ImageTable], size: int, engine: str, batch_size: int,
               num_actors: int, device: str) -> tuple[torch.Tensor, ...]:
+    """(train features, train labels, val features, val labels) of `spec` via Ray Data or one process."""
     if engine == "ray":
         from rob_ray.eval.ray_features import ray_extract_features
 
@@ -153,7 +155,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
     }
     for spec in specs:
         t1 = time.perf_counter()
-        fb, lb, fq, lq = _features(spec, tables, size, engine, batch_size, num_actors, device)
+        fb, lb, fq, lq = split_features(spec, tables, size, engine, batch_size, num_actors, device)
         t2 = time.perf_counter()
         row = evaluate_features(fb, lb, fq, lq, protocols, ks=ks, temperature=temperature,
                                 linear_kwargs=linear_kwargs, lowshot_kwargs=lowshot_kwargs)
