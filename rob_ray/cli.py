@@ -1,5 +1,6 @@
-"""Command line: `python experiments/run.py [train|demo] [--config X] [--dry-run] [key.sub=value ...]`,
-`python experiments/run.py teachers [NAME]` (the teacher catalogue).
+"""Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
+`python experiments/run.py teachers [NAME]` (the teacher catalogue) and
+`python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`.
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
 is printed as one line and exits with code 2 before any Ray work starts.
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     """Relative data paths in the shipped configs are relative to the repository root."""
-    for section, key in (("data", "path"), ("data", "eval_path")):
+    for section, key in (("data", "path"), ("data", "eval_path"), ("eval", "online_knn_path")):
         sec = getattr(cfg, section)
         value = getattr(sec, key)
         if value and not Path(value).is_absolute() and not Path(value).exists() and (base / value).exists():
@@ -60,6 +61,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":  # its own options: --checkpoint RUN_OR_FILE --data DIR [--protocol ...]
+        from rob_ray.eval.command import eval_main
+
+        return eval_main(argv[1:])
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)

@@ -21,6 +21,7 @@ __all__ = [
     "DataConfig",
     "DinoMethodConfig",
     "FeatureMethodConfig",
+    "EvalConfig",
     "HeadConfig",
     "KDMethodConfig",
     "OptimConfig",
@@ -276,6 +277,17 @@ class TuneConfig(StrictModel):
     trial_driver_cpus: float = Field(0.01, gt=0, description="CPU held by each trial's driver function")
 
 
+class EvalConfig(StrictModel):
+    """Evaluation during training: online k-NN on a small labelled held-out set (the Tune signal)."""
+
+    online_knn_every_epochs: int = Field(0, ge=0, description="0 = off; else k-NN every N epochs and at the end")
+    online_knn_path: str | None = Field(None, description="labelled ImageFolder with train/ (memory bank) and val/")
+    online_knn_max_images: int | None = Field(1000, gt=0, description="cap per split (even spread over classes)")
+    k: int = Field(20, ge=1)
+    temperature: float = Field(0.07, gt=0)
+    collapse_std_ratio: float = Field(0.2, ge=0, description="warn when embedding std < ratio / sqrt(dim)")
+
+
 class Config(StrictModel):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -287,6 +299,7 @@ class Config(StrictModel):
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
     tune: TuneConfig = TuneConfig()
+    eval: EvalConfig = EvalConfig()
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -309,6 +322,8 @@ class Config(StrictModel):
         if self.method.name == "dino_scratch" and self.student.head.out_dim not in (None, self.method.out_dim):
             raise ValueError(f"student.head.out_dim ({self.student.head.out_dim}) differs from method.out_dim "
                              f"({self.method.out_dim}); set only method.out_dim for dino_scratch")
+        if self.eval.online_knn_every_epochs and not self.eval.online_knn_path:
+            raise ValueError("eval.online_knn_every_epochs needs eval.online_knn_path (a labelled train/ + val/ folder)")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         return self

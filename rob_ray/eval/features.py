@@ -1,4 +1,8 @@
-"""Frozen features of a labelled image table: resize, centre-crop, normalise, embed (plain torch)."""
+"""Frozen features of a labelled image table: resize, centre-crop, normalise, embed (plain torch).
+
+`embed_uint8` is the one preprocessing + forward path; the direct loop here and the Ray Data
+actors of `rob_ray.eval.ray_features` both call it, so the two give the same embeddings.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from rob_ray.data.decode import decode_rgb
 from rob_ray.data.sources import ImageTable
 
-__all__ = ["eval_tensor", "extract_features"]
+__all__ = ["embed_uint8", "eval_tensor", "extract_features", "load_eval_images"]
 
 
 def eval_tensor(image: np.ndarray, size: int) -> torch.Tensor:
@@ -22,36 +26,48 @@ def eval_tensor(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def embed_uint8(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mean: tuple[float, ...],
+                std: tuple[float, ...], device: str | torch.device = "cpu", channels_last: bool = True) -> torch.Tensor:
+    """(N, 3, S, S) uint8 -> (N, D) float32 CPU embeddings, normalised with `mean` / `std` (RGB in [0, 1])."""
+    device = torch.device(device)
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    x = images.to(device).float().div_(255)
+    x = (x - m) / s
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return embed(x).float().cpu()
+
+
+def load_eval_images(table: ImageTable, indices: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Decode + eval-crop images `indices` of `table` -> ((n, 3, size, size) uint8, (n,) bool readable).
+
+    Unreadable images come back as zeros with readable=False (the caller drops them).
+    """
+    out = torch.zeros(len(indices), 3, size, size, dtype=torch.uint8)
+    ok = np.zeros(len(indices), dtype=bool)
+    for j, i in enumerate(np.asarray(indices).tolist()):
+        img = decode_rgb(table.read(i))
+        if img is not None:
+            out[j] = eval_tensor(img, size)
+            ok[j] = True
+    return out, ok
+
+
+@torch.no_grad()
 def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], table: ImageTable, size: int,
                      mean: tuple[float, ...], std: tuple[float, ...], batch_size: int = 128,
                      device: str | torch.device = "cpu", channels_last: bool = True
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (N, D) and labels (N,) of every readable image in `table` (unreadable ones dropped)."""
-    device = torch.device(device)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    feats, labels, buf, buf_labels = [], [], [], []
-
-    def flush() -> None:
-        x = torch.stack(buf).to(device).float().div_(255)
-        x = (x - m) / s
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        feats.append(embed(x).float().cpu())
-        labels.extend(buf_labels)
-        buf.clear()
-        buf_labels.clear()
-
-    for i in range(len(table)):
-        img = decode_rgb(table.read(i))
-        if img is None:
+    feats, labels = [], []
+    for lo in range(0, len(table), batch_size):
+        idx = np.arange(lo, min(lo + batch_size, len(table)))
+        images, ok = load_eval_images(table, idx, size)
+        if not ok.any():
             continue
-        buf.append(eval_tensor(img, size))
-        buf_labels.append(int(table.labels[i]))
-        if len(buf) == batch_size:
-            flush()
-    if buf:
-        flush()
+        feats.append(embed_uint8(embed, images[torch.from_numpy(ok)], mean, std, device, channels_last))
+        labels.append(torch.from_numpy(table.labels[idx[ok]]))
     if not feats:
         raise ValueError("no readable images to embed")
-    return torch.cat(feats), torch.tensor(labels, dtype=torch.int64)
+    return torch.cat(feats), torch.cat(labels).long()

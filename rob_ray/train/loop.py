@@ -19,6 +19,7 @@ from torch import nn
 from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
+from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import Views, build_method, build_models
 from rob_ray.train.context import TrainContext
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
@@ -112,6 +113,9 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     normalise = _normaliser(teacher.mean, teacher.std, device)
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     timer = StageTimer()
+    epoch_eval = EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device, mean=teacher.mean,
+                                std=teacher.std, size=cfg.augment.global_size, steps_per_epoch=spe, end_step=end,
+                                channels_last=channels_last)
     g_views, metrics = policy.num_global, {}
     window_t0, window_images, step_images = time.perf_counter(), 0, 0
     stream = iter(ctx.batches(policy, schedule, start, end))
@@ -153,7 +157,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         timer.stop("step")
         step_images += len(valid)
         done = step + 1
-        log_now = done % cfg.run.log_every_steps == 0 or done == end
+        log_now = done % cfg.run.log_every_steps == 0 or done == end or done % spe == 0  # epoch ends: online k-NN
         epoch_end = done % spe == 0 and (done // spe) % cfg.run.checkpoint_every_epochs == 0
         ckpt_now = done % cfg.run.checkpoint_every_steps == 0 or epoch_end or done == end
         if log_now or ckpt_now:
@@ -176,6 +180,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 **{k: float(v) for k, v in stats.items()},
                 **{f"time/{k}": v for k, v in stages.items()},
                 **method.extra_metrics(),
+                **epoch_eval(done, student, views.globals_[: views.batch_size]),  # epoch ends only
             }
             if not math.isfinite(metrics["loss"]) and ctx.rank == 0:
                 print(f"[rob_ray] warning: non-finite loss at step {done}", flush=True)
