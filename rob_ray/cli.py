@@ -84,15 +84,16 @@ def _train(cfg: Config, pre, demo: bool) -> int:
           f"{plan['total_steps']} steps x {plan['global_batch']} images", flush=True)
     result = fit(cfg, table=pre.table)
     train_s = time.perf_counter() - t0
-    print(f"[rob_ray] training done in {train_s:.0f}s; run folder {result.run_dir}", flush=True)
+    where = result.storage.uri if result.storage is not None else result.run_dir
+    print(f"[rob_ray] training done in {train_s:.0f}s; run folder {where}", flush=True)
     if demo or cfg.data.eval_path:
         from rob_ray.eval.report import knn_report
 
         report = knn_report(cfg, result.checkpoint_dir, teacher=pre.teacher)
         report["train_seconds"] = round(train_s, 1)
         report["total_seconds"] = round(time.perf_counter() - t0, 1)
-        (result.run_dir / "knn.json").write_text(json.dumps(report, indent=1))
-        (result.run_dir / "knn.md").write_text(report["table"] + "\n")
+        result.write_text("knn.json", json.dumps(report, indent=1))
+        result.write_text("knn.md", report["table"] + "\n")
         print(report["table"])
         print(f"[rob_ray] wall time {report['total_seconds']:.0f}s (training {train_s:.0f}s)")
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from rob_ray.config import Config, ConfigError, config_to_dict, save_config
 from rob_ray.data.sources import ImageTable, scan_images
+from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import load_state
 
 __all__ = ["QUIET_ENV", "FitResult", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
@@ -30,9 +31,18 @@ QUIET_ENV = {
 
 @dataclass
 class FitResult:
-    run_dir: Path
+    run_dir: Path  # a local copy when run.storage_path is a URI (see `storage.uri`)
     metrics: dict[str, Any]
     checkpoint_dir: Path | None
+    storage: RunStorage | None = None
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a file into the run folder (and mirror it to a URI storage path)."""
+        path = self.run_dir / name
+        path.write_text(text)
+        if self.storage is not None:
+            self.storage.push()
+        return path
 
 
 def resource_plan(cfg: Config) -> dict[str, float]:
@@ -113,8 +123,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
     from rob_ray.train.loop import train_loop
 
     cfg = Config.model_validate(config["config"])
-    ctx = RayTrainContext(config["table_ref"][0], config["run_dir"], num_actors=cfg.data.num_actors,
-                          cpus_per_actor=cfg.data.cpus_per_actor, prefetch_batches=cfg.data.prefetch_batches)
+    ctx = RayTrainContext(config["table_ref"][0], RunStorage(cfg.run.storage_path, cfg.run.name),
+                          num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
+                          prefetch_batches=cfg.data.prefetch_batches)
     train_loop(cfg, ctx, config["num_images"])
 
 
@@ -122,12 +133,14 @@ def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
     """Train `cfg` to completion (resuming when its run folder already has checkpoints)."""
     import ray
 
-    storage = Path(cfg.run.storage_path).expanduser().resolve()
-    run_dir = storage / cfg.run.name
+    storage = RunStorage(cfg.run.storage_path, cfg.run.name)
+    run_dir = storage.local_dir
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
+    storage.pull()  # a resumed URI run: earlier metrics (and local-mode checkpoints) come back first
     save_config(cfg, run_dir / "config.yaml")
+    storage.push()
     init_ray(cfg)
     _check_cluster_fits(cfg)
     table_ref = ray.put(table)
@@ -135,7 +148,7 @@ def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
         from rob_ray.train.context import LocalContext
         from rob_ray.train.loop import train_loop
 
-        ctx = LocalContext(table, run_dir, device="cuda" if cfg.scaling.use_gpu else "cpu",
+        ctx = LocalContext(table, storage, device="cuda" if cfg.scaling.use_gpu else "cpu",
                            num_to_keep=cfg.run.num_to_keep, use_ray_data=True, table_ref=table_ref,
                            num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
                            prefetch_batches=cfg.data.prefetch_batches)
@@ -149,17 +162,21 @@ def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
             resources["GPU"] = cfg.scaling.gpus_per_worker
         trainer = TorchTrainer(
             _worker_entry,
-            train_loop_config={"config": config_to_dict(cfg), "table_ref": [table_ref], "num_images": len(table),
-                               "run_dir": str(run_dir)},
+            # Workers rebuild the storage from the config: an absolute path (their cwd differs) or the URI.
+            train_loop_config={"config": {**config_to_dict(cfg), "run": {**config_to_dict(cfg)["run"],
+                                                                       "storage_path": storage.storage_path}},
+                               "table_ref": [table_ref], "num_images": len(table)},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                          resources_per_worker=resources),
-            run_config=RunConfig(name=cfg.run.name, storage_path=str(storage),
+            run_config=RunConfig(name=cfg.run.name, storage_path=storage.storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep)),
         )
         result = trainer.fit()
         metrics = dict(result.metrics or {})
+        storage.download_latest_checkpoint()
+    storage.push()
     ckpt = latest_checkpoint_dir(run_dir)
     if ckpt is not None and not metrics:
         metrics = {k: v for k, v in load_state(ckpt).items() if k in ("step", "skipped_images")}
-    return FitResult(run_dir=run_dir, metrics=metrics, checkpoint_dir=ckpt)
+    return FitResult(run_dir=run_dir, metrics=metrics, checkpoint_dir=ckpt, storage=storage)
