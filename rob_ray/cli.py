@@ -1,4 +1,5 @@
-"""Command line: `python experiments/run.py [train|demo] [--config X] [--dry-run] [key.sub=value ...]`.
+"""Command line: `python experiments/run.py [train|demo] [--config X] [--dry-run] [key.sub=value ...]`
+(and `runtime-env`: the JSON for `ray job submit --runtime-env-json`).
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
 is printed as one line and exits with code 2 before any Ray work starts.
@@ -55,6 +56,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "runtime-env":  # JSON for `ray job submit --runtime-env-json`
+        from rob_ray.runtime_env import main as runtime_env_main
+
+        return runtime_env_main(argv[1:])
     if not argv or argv[0] not in ("train", "demo", "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)

@@ -15,7 +15,7 @@ from rob_ray.data.sources import ImageTable, scan_images
 from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import load_state
 
-__all__ = ["QUIET_ENV", "FitResult", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
+__all__ = ["QUIET_ENV", "FitResult", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
 
 # Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; malloc settings
 # that removed ~300k page faults per step on CPU here (shared/README.md: 1.6x on a RoB step).
@@ -46,12 +46,45 @@ class FitResult:
 
 
 def resource_plan(cfg: Config) -> dict[str, float]:
-    """CPUs/GPUs the run asks Ray for: training workers plus their Ray Data actors."""
+    """CPUs/GPUs the run asks Ray for: training workers plus their Ray Data actors; custom
+    resources (`data.actor_resources`, `scaling.worker_resources`) as `resource/<name>`;
+    `nodes` when `scaling.workers_per_node` is set."""
     workers = max(cfg.scaling.num_workers, 1)
     train_cpu = cfg.scaling.cpus_per_worker * cfg.scaling.num_workers
     data_cpu = workers * cfg.data.num_actors * cfg.data.cpus_per_actor
     gpus = cfg.scaling.gpus_per_worker * cfg.scaling.num_workers if cfg.scaling.use_gpu else 0.0
-    return {"train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus}
+    plan = {"train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus}
+    for name, per_actor in cfg.data.actor_resources.items():
+        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + workers * cfg.data.num_actors * per_actor
+    for name, per_worker in cfg.scaling.worker_resources.items():
+        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + cfg.scaling.num_workers * per_worker
+    if cfg.scaling.workers_per_node:
+        plan["nodes"] = float(-(-workers // cfg.scaling.workers_per_node))
+    return plan
+
+
+def cluster_shortfalls(cfg: Config, totals: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """What the cluster lacks for `cfg` (empty when it fits). `totals`: `ray.cluster_resources()`;
+    `nodes`: each alive node's total resources. Pure function: no Ray needed."""
+    plan, short = resource_plan(cfg), []
+    for key, have_key in (("total_cpus", "CPU"), ("gpus", "GPU")):
+        if plan[key] > totals.get(have_key, 0.0) + 1e-6:
+            short.append(f"{plan[key]:g} {have_key} (cluster has {totals.get(have_key, 0.0):g})")
+    for key, need in plan.items():
+        name = key.removeprefix("resource/")
+        if key.startswith("resource/") and need > totals.get(name, 0.0) + 1e-6:
+            short.append(f"{need:g} '{name}' (cluster has {totals.get(name, 0.0):g}; nodes advertise it with "
+                         f"resources: {{{name}: N}})")
+    if cfg.scaling.workers_per_node:
+        k = cfg.scaling.workers_per_node
+        per_node = {"CPU": k * cfg.scaling.cpus_per_worker, **{n: k * v for n, v in cfg.scaling.worker_resources.items()}}
+        if cfg.scaling.use_gpu:
+            per_node["GPU"] = k * cfg.scaling.gpus_per_worker
+        fitting = sum(all(node.get(n, 0.0) + 1e-6 >= v for n, v in per_node.items()) for node in nodes)
+        if fitting < plan["nodes"]:
+            want = ", ".join(f"{n} {v:g}" for n, v in per_node.items())
+            short.append(f"{plan['nodes']:g} nodes with {want} for scaling.workers_per_node={k} (cluster has {fitting})")
+    return short
 
 
 def init_ray(cfg: Config) -> None:
@@ -62,17 +95,20 @@ def init_ray(cfg: Config) -> None:
         return
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}}
+    # A `ray job submit` driver inherits the job's runtime_env; Ray refuses a ray.init env that
+    # sets one of its variables again (even to the same value), so leave those out.
+    job_vars = _job_env_var_names()
+    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items() if k not in job_vars}}
     address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")
     if address is None:
         try:
             ray.init(address="auto", runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
-            return
+            return _announce("joined the running cluster")
         except ConnectionError:
             pass
     if address is not None:
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
-        return
+        return _announce("joined the running cluster")
     # Workers of a cluster we start import the same rob_ray as this driver (a clone that was
     # not pip-installed, or a second checkout, must not pick up another copy).
     package_root = str(Path(__file__).resolve().parents[2])
@@ -82,6 +118,29 @@ def init_ray(cfg: Config) -> None:
     ray.init(num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
+    _announce("started a local Ray")
+
+
+def _job_env_var_names() -> set[str]:
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the entrypoint
+    if not raw:
+        return set()
+    try:
+        return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()
+
+
+def _announce(how: str) -> None:
+    """One line naming the cluster the driver uses (a job must never start a second one)."""
+    import ray
+
+    have = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    print(f"[rob_ray] Ray: {how} at {ray.get_runtime_context().gcs_address} ({nodes} node(s), "
+          f"{have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU)", flush=True)
 
 
 def _object_store_default() -> int:
@@ -94,15 +153,16 @@ def _object_store_default() -> int:
 def _check_cluster_fits(cfg: Config) -> None:
     import ray
 
-    plan = resource_plan(cfg)
-    have = ray.cluster_resources()
-    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    autoscaling = os.environ.get("ROB_RAY_AUTOSCALING") == "1"
-    if not autoscaling and (plan["total_cpus"] > cpus + 1e-6 or plan["gpus"] > gpus + 1e-6):
+    if os.environ.get("ROB_RAY_AUTOSCALING") == "1":  # an autoscaler adds the nodes on demand
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    short = cluster_shortfalls(cfg, ray.cluster_resources(), nodes)
+    if short:
+        plan = resource_plan(cfg)
         raise ConfigError(
-            f"resource error: the run needs {plan['total_cpus']:g} CPUs ({plan['train_cpus']:g} training + "
-            f"{plan['data_cpus']:g} data) and {plan['gpus']:g} GPUs but the cluster has {cpus:g} CPUs and {gpus:g} GPUs; "
-            "lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor, or set ROB_RAY_AUTOSCALING=1"
+            f"resource error: the run needs {'; '.join(short)} ({plan['train_cpus']:g} training + {plan['data_cpus']:g} "
+            "data CPUs); lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor / custom resources, "
+            "or set ROB_RAY_AUTOSCALING=1 on an autoscaling cluster"
         )
 
 
@@ -125,7 +185,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
     cfg = Config.model_validate(config["config"])
     ctx = RayTrainContext(config["table_ref"][0], RunStorage(cfg.run.storage_path, cfg.run.name),
                           num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
-                          prefetch_batches=cfg.data.prefetch_batches)
+                          prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
     train_loop(cfg, ctx, config["num_images"])
 
 
@@ -151,13 +211,13 @@ def fit(cfg: Config, table: ImageTable | None = None) -> FitResult:
         ctx = LocalContext(table, storage, device="cuda" if cfg.scaling.use_gpu else "cpu",
                            num_to_keep=cfg.run.num_to_keep, use_ray_data=True, table_ref=table_ref,
                            num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
-                           prefetch_batches=cfg.data.prefetch_batches)
+                           prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
         metrics = train_loop(cfg, ctx, len(table))
     else:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        resources = {"CPU": cfg.scaling.cpus_per_worker}
+        resources = {**cfg.scaling.worker_resources, "CPU": cfg.scaling.cpus_per_worker}
         if cfg.scaling.use_gpu:
             resources["GPU"] = cfg.scaling.gpus_per_worker
         trainer = TorchTrainer(
