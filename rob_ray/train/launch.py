@@ -115,7 +115,10 @@ def init_ray(cfg: Config) -> None:
     runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     plan = resource_plan(cfg)
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
+    # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
+    custom = {k.removeprefix("resource/"): v for k, v in plan.items() if k.startswith("resource/")}
     ray.init(num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
+             resources=custom or None,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
     _announce("started a local Ray")

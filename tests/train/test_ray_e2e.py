@@ -24,8 +24,9 @@ from tests.conftest import DEMO_DATA, REPO, tiny_overrides
 
 pytestmark = pytest.mark.ray
 
+# data.actor_resources: a local Ray that rob_ray starts gets the custom resources the config asks for.
 TWO_WORKERS = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "data.num_actors=1",
-               "data.cpus_per_actor=0.5", "scaling.ray_num_cpus=2"]
+               "data.cpus_per_actor=0.5", "scaling.ray_num_cpus=2", "data.actor_resources={data_cpu: 1}"]
 
 
 @pytest.fixture
