@@ -15,6 +15,14 @@ from rob_ray.train.loop import train_loop
 from tests.conftest import tiny_overrides
 
 
+@pytest.fixture(autouse=True)
+def _staging_in_tmp_path(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "staging"))
+    (tmp_path / "staging").mkdir()
+
+
 def test_is_uri():
     assert is_uri("s3://bucket/runs") and is_uri("gs://b/r") and is_uri("file:///tmp/x")
     assert not is_uri("runs") and not is_uri("/shared/runs") and not is_uri("C:\\runs")
