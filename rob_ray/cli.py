@@ -1,6 +1,7 @@
 """Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
 `python experiments/run.py teachers [NAME]` (the teacher catalogue) and
 `python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`.
+`python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
 is printed as one line and exits with code 2 before any Ray work starts.
@@ -61,6 +62,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "runtime-env":  # JSON for `ray job submit --runtime-env-json`
+        from rob_ray.runtime_env import main as runtime_env_main
+
+        return runtime_env_main(argv[1:])
     if argv and argv[0] == "eval":  # its own options: --checkpoint RUN_OR_FILE --data DIR [--protocol ...]
         from rob_ray.eval.command import eval_main
 
@@ -120,15 +125,16 @@ def _train(cfg: Config, pre, demo: bool) -> int:
           f"{plan['total_steps']} steps x {plan['global_batch']} images", flush=True)
     result = fit(cfg, table=pre.table)
     train_s = time.perf_counter() - t0
-    print(f"[rob_ray] training done in {train_s:.0f}s; run folder {result.run_dir}", flush=True)
+    where = result.storage.uri if result.storage is not None else result.run_dir
+    print(f"[rob_ray] training done in {train_s:.0f}s; run folder {where}", flush=True)
     if demo or cfg.data.eval_path:
         from rob_ray.eval.report import knn_report
 
         report = knn_report(cfg, result.checkpoint_dir, teacher=pre.teacher)
         report["train_seconds"] = round(train_s, 1)
         report["total_seconds"] = round(time.perf_counter() - t0, 1)
-        (result.run_dir / "knn.json").write_text(json.dumps(report, indent=1))
-        (result.run_dir / "knn.md").write_text(report["table"] + "\n")
+        result.write_text("knn.json", json.dumps(report, indent=1))
+        result.write_text("knn.md", report["table"] + "\n")
         print(report["table"])
         print(f"[rob_ray] wall time {report['total_seconds']:.0f}s (training {train_s:.0f}s)")
     return 0

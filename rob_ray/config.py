@@ -59,6 +59,9 @@ class DataConfig(StrictModel):
     max_images: int | None = Field(None, gt=0, description="use only the first N images (after sorting)")
     num_actors: int = Field(1, ge=1, description="Ray Data augmentation actors per training worker")
     cpus_per_actor: float = Field(1.0, gt=0)
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per augmentation actor, e.g. {data_cpu: 1} to keep "
+        "decoding on the CPU-only nodes that advertise it (cluster/*.yaml)")
     prefetch_batches: int = Field(2, ge=0)
     eval_path: str | None = Field(None, description="labelled ImageFolder for k-NN after training (train/val split inside)")
 
@@ -242,6 +245,12 @@ class ScalingConfig(StrictModel):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+    workers_per_node: int | None = Field(None, ge=1, description="training workers per node (e.g. 8 on 8-GPU nodes); "
+                                         "checked against the cluster's nodes before the run starts")
+    worker_resources: dict[str, float] = Field(default_factory=dict,
+                                               description="extra Ray resources per training worker (custom labels)")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="memory of one worker GPU, for the teacher-fits "
+                                        "check (default: the driver's GPU when it has one)")
     ray_address: str | None = Field(None, description="'auto' joins a running cluster; default: join if one runs, else start one")
     ray_num_cpus: int | None = Field(None, ge=1, description="logical CPUs when rob_ray starts a local Ray")
 
@@ -326,6 +335,10 @@ class Config(StrictModel):
             raise ValueError("eval.online_knn_every_epochs needs eval.online_knn_path (a labelled train/ + val/ folder)")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
+        for key, res in (("data.actor_resources", self.data.actor_resources),
+                         ("scaling.worker_resources", self.scaling.worker_resources)):
+            if {"CPU", "GPU"} & set(res) or any(v <= 0 for v in res.values()):
+                raise ValueError(f"{key} takes custom resources > 0 only (CPU/GPU have their own keys), got {res}")
         return self
 
     def run_dir(self) -> Path:

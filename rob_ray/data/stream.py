@@ -58,8 +58,13 @@ def ray_batches(
     num_actors: int = 1,
     cpus_per_actor: float = 1.0,
     prefetch_batches: int = 2,
+    actor_resources: dict[str, float] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Stream batches for steps [start_step, end_step) of `rank` through Ray Data actors."""
+    """Stream batches for steps [start_step, end_step) of `rank` through Ray Data actors.
+
+    `actor_resources` (e.g. `{"data_cpu": 1}`) pins the augmentation actors to nodes that
+    advertise that custom resource: the CPU-only data nodes of `cluster/*.yaml`.
+    """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # batch composition must not depend on actor timing
     b = schedule.batch_size
@@ -72,6 +77,7 @@ def ray_batches(
         batch_size=min(b, 32),
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor,
+        resources=dict(actor_resources) if actor_resources else None,
         zero_copy_batch=True,
     )
     yield from ds.iter_batches(batch_size=b, drop_last=True, prefetch_batches=prefetch_batches,

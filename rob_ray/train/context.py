@@ -15,6 +15,7 @@ from rob_ray.data.mapper import MultiCropMapper
 from rob_ray.data.policy import CropPolicy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.sources import ImageTable
+from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import CheckpointError, LocalCheckpoints, load_state, save_state
 
 __all__ = ["LocalContext", "RayTrainContext", "TrainContext"]
@@ -27,6 +28,7 @@ class TrainContext:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     run_dir: Path
+    storage: RunStorage | None = None
 
     def batches(self, policy: CropPolicy, schedule: SampleSchedule, start_step: int, end_step: int
                 ) -> Iterator[dict[str, np.ndarray]]:
@@ -42,21 +44,33 @@ class TrainContext:
     def report(self, metrics: dict[str, Any]) -> None:
         """Called by every rank at the same steps."""
 
+    def flush_outputs(self) -> None:
+        """Mirror rank 0's files to a URI `run.storage_path` (no-op for a local folder)."""
+        if self.storage is not None and self.rank == 0:
+            self.storage.push()
+
+
+def _run_folder(run_dir: str | Path | RunStorage) -> tuple[Path, RunStorage | None]:
+    if isinstance(run_dir, RunStorage):
+        return run_dir.local_dir, run_dir
+    return Path(run_dir), None
+
 
 class LocalContext(TrainContext):
     """Single process: checkpoints under `<run_dir>/checkpoints`; batches from Ray Data when
     `use_ray_data` (needs a running Ray), else straight from the mapper (no Ray at all)."""
 
-    def __init__(self, table: ImageTable, run_dir: str | Path, *, device: str | torch.device = "cpu",
+    def __init__(self, table: ImageTable, run_dir: str | Path | RunStorage, *, device: str | torch.device = "cpu",
                  num_to_keep: int = 2, use_ray_data: bool = False, table_ref: Any = None,
-                 num_actors: int = 1, cpus_per_actor: float = 1.0, prefetch_batches: int = 2) -> None:
+                 num_actors: int = 1, cpus_per_actor: float = 1.0, prefetch_batches: int = 2,
+                 actor_resources: dict[str, float] | None = None) -> None:
         self.table, self.table_ref = table, table_ref
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.storage = _run_folder(run_dir)
         self.device = torch.device(device)
         self.checkpoints = LocalCheckpoints(self.run_dir, num_to_keep)
         self.use_ray_data = use_ray_data
         self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
-                          "prefetch_batches": prefetch_batches}
+                          "prefetch_batches": prefetch_batches, "actor_resources": actor_resources}
         self.reported: list[dict[str, Any]] = []
 
     def batches(self, policy, schedule, start_step, end_step):
@@ -73,6 +87,7 @@ class LocalContext(TrainContext):
     def save(self, step, state, metrics):
         if state is not None:
             self.checkpoints.save(step, state, {"step": step, **_scalars(metrics)})
+            self.flush_outputs()
 
     def report(self, metrics):
         self.reported.append(metrics)
@@ -81,18 +96,22 @@ class LocalContext(TrainContext):
 class RayTrainContext(TrainContext):
     """Inside a Ray Train worker: rank/device from Ray, checkpoints through `ray.train.report`."""
 
-    def __init__(self, table_ref: Any, run_dir: str | Path, *, num_actors: int = 1, cpus_per_actor: float = 1.0,
-                 prefetch_batches: int = 2) -> None:
+    def __init__(self, table_ref: Any, run_dir: str | Path | RunStorage, *, num_actors: int = 1,
+                 cpus_per_actor: float = 1.0, prefetch_batches: int = 2,
+                 actor_resources: dict[str, float] | None = None) -> None:
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.run_dir = Path(run_dir)
+        self.storage = run_dir if isinstance(run_dir, RunStorage) else None
+        if self.storage is not None and self.rank == 0:
+            self.storage.pull()  # continue the run's metrics.jsonl on resume
+        self.run_dir = self.storage.local_dir if self.storage is not None else Path(run_dir)
         self.table_ref = table_ref
         self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
-                          "prefetch_batches": prefetch_batches}
+                          "prefetch_batches": prefetch_batches, "actor_resources": actor_resources}
 
     def batches(self, policy, schedule, start_step, end_step):
         from rob_ray.data.stream import ray_batches
@@ -122,6 +141,7 @@ class RayTrainContext(TrainContext):
             save_state(tmp, state, {"step": step, **_scalars(metrics)})
             ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_step_{step:08d}")
+        self.flush_outputs()
 
     def report(self, metrics):
         import ray.train

@@ -12,9 +12,10 @@ from typing import Any
 
 from rob_ray.config import Config, ConfigError, config_to_dict, save_config
 from rob_ray.data.sources import ImageTable, scan_images
+from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import load_state
 
-__all__ = ["QUIET_ENV", "FitResult", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
+__all__ = ["QUIET_ENV", "FitResult", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
 
 # Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; malloc settings
 # that removed ~300k page faults per step on CPU here (shared/README.md: 1.6x on a RoB step).
@@ -30,18 +31,60 @@ QUIET_ENV = {
 
 @dataclass
 class FitResult:
-    run_dir: Path
+    run_dir: Path  # a local copy when run.storage_path is a URI (see `storage.uri`)
     metrics: dict[str, Any]
     checkpoint_dir: Path | None
+    storage: RunStorage | None = None
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a file into the run folder (and mirror it to a URI storage path)."""
+        path = self.run_dir / name
+        path.write_text(text)
+        if self.storage is not None:
+            self.storage.push()
+        return path
 
 
 def resource_plan(cfg: Config) -> dict[str, float]:
-    """CPUs/GPUs the run asks Ray for: training workers plus their Ray Data actors."""
+    """CPUs/GPUs the run asks Ray for: training workers plus their Ray Data actors; custom
+    resources (`data.actor_resources`, `scaling.worker_resources`) as `resource/<name>`;
+    `nodes` when `scaling.workers_per_node` is set."""
     workers = max(cfg.scaling.num_workers, 1)
     train_cpu = cfg.scaling.cpus_per_worker * cfg.scaling.num_workers
     data_cpu = workers * cfg.data.num_actors * cfg.data.cpus_per_actor
     gpus = cfg.scaling.gpus_per_worker * cfg.scaling.num_workers if cfg.scaling.use_gpu else 0.0
-    return {"train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus}
+    plan = {"train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus}
+    for name, per_actor in cfg.data.actor_resources.items():
+        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + workers * cfg.data.num_actors * per_actor
+    for name, per_worker in cfg.scaling.worker_resources.items():
+        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + cfg.scaling.num_workers * per_worker
+    if cfg.scaling.workers_per_node:
+        plan["nodes"] = float(-(-workers // cfg.scaling.workers_per_node))
+    return plan
+
+
+def cluster_shortfalls(cfg: Config, totals: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """What the cluster lacks for `cfg` (empty when it fits). `totals`: `ray.cluster_resources()`;
+    `nodes`: each alive node's total resources. Pure function: no Ray needed."""
+    plan, short = resource_plan(cfg), []
+    for key, have_key in (("total_cpus", "CPU"), ("gpus", "GPU")):
+        if plan[key] > totals.get(have_key, 0.0) + 1e-6:
+            short.append(f"{plan[key]:g} {have_key} (cluster has {totals.get(have_key, 0.0):g})")
+    for key, need in plan.items():
+        name = key.removeprefix("resource/")
+        if key.startswith("resource/") and need > totals.get(name, 0.0) + 1e-6:
+            short.append(f"{need:g} '{name}' (cluster has {totals.get(name, 0.0):g}; nodes advertise it with "
+                         f"resources: {{{name}: N}})")
+    if cfg.scaling.workers_per_node:
+        k = cfg.scaling.workers_per_node
+        per_node = {"CPU": k * cfg.scaling.cpus_per_worker, **{n: k * v for n, v in cfg.scaling.worker_resources.items()}}
+        if cfg.scaling.use_gpu:
+            per_node["GPU"] = k * cfg.scaling.gpus_per_worker
+        fitting = sum(all(node.get(n, 0.0) + 1e-6 >= v for n, v in per_node.items()) for node in nodes)
+        if fitting < plan["nodes"]:
+            want = ", ".join(f"{n} {v:g}" for n, v in per_node.items())
+            short.append(f"{plan['nodes']:g} nodes with {want} for scaling.workers_per_node={k} (cluster has {fitting})")
+    return short
 
 
 def init_ray(cfg: Config) -> None:
@@ -52,26 +95,55 @@ def init_ray(cfg: Config) -> None:
         return
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}}
+    # A `ray job submit` driver inherits the job's runtime_env; Ray refuses a ray.init env that
+    # sets one of its variables again (even to the same value), so leave those out.
+    job_vars = _job_env_var_names()
+    runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items() if k not in job_vars}}
     address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")
     if address is None:
         try:
             ray.init(address="auto", runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
-            return
+            return _announce("joined the running cluster")
         except ConnectionError:
             pass
     if address is not None:
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
-        return
+        return _announce("joined the running cluster")
     # Workers of a cluster we start import the same rob_ray as this driver (a clone that was
     # not pip-installed, or a second checkout, must not pick up another copy).
     package_root = str(Path(__file__).resolve().parents[2])
     runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
     plan = resource_plan(cfg)
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
+    # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
+    custom = {k.removeprefix("resource/"): v for k, v in plan.items() if k.startswith("resource/")}
     ray.init(num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
+             resources=custom or None,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
+    _announce("started a local Ray")
+
+
+def _job_env_var_names() -> set[str]:
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job supervisor for the entrypoint
+    if not raw:
+        return set()
+    try:
+        return set((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):
+        return set()
+
+
+def _announce(how: str) -> None:
+    """One line naming the cluster the driver uses (a job must never start a second one)."""
+    import ray
+
+    have = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    print(f"[rob_ray] Ray: {how} at {ray.get_runtime_context().gcs_address} ({nodes} node(s), "
+          f"{have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU)", flush=True)
 
 
 def _object_store_default() -> int:
@@ -84,15 +156,16 @@ def _object_store_default() -> int:
 def _check_cluster_fits(cfg: Config) -> None:
     import ray
 
-    plan = resource_plan(cfg)
-    have = ray.cluster_resources()
-    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    autoscaling = os.environ.get("ROB_RAY_AUTOSCALING") == "1"
-    if not autoscaling and (plan["total_cpus"] > cpus + 1e-6 or plan["gpus"] > gpus + 1e-6):
+    if os.environ.get("ROB_RAY_AUTOSCALING") == "1":  # an autoscaler adds the nodes on demand
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    short = cluster_shortfalls(cfg, ray.cluster_resources(), nodes)
+    if short:
+        plan = resource_plan(cfg)
         raise ConfigError(
-            f"resource error: the run needs {plan['total_cpus']:g} CPUs ({plan['train_cpus']:g} training + "
-            f"{plan['data_cpus']:g} data) and {plan['gpus']:g} GPUs but the cluster has {cpus:g} CPUs and {gpus:g} GPUs; "
-            "lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor, or set ROB_RAY_AUTOSCALING=1"
+            f"resource error: the run needs {'; '.join(short)} ({plan['train_cpus']:g} training + {plan['data_cpus']:g} "
+            "data CPUs); lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor / custom resources, "
+            "or set ROB_RAY_AUTOSCALING=1 on an autoscaling cluster"
         )
 
 
@@ -113,8 +186,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
     from rob_ray.train.loop import train_loop
 
     cfg = Config.model_validate(config["config"])
-    ctx = RayTrainContext(config["table_ref"][0], config["run_dir"], num_actors=cfg.data.num_actors,
-                          cpus_per_actor=cfg.data.cpus_per_actor, prefetch_batches=cfg.data.prefetch_batches)
+    ctx = RayTrainContext(config["table_ref"][0], RunStorage(cfg.run.storage_path, cfg.run.name),
+                          num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
+                          prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
     train_loop(cfg, ctx, config["num_images"])
 
 
@@ -125,12 +199,14 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
     """
     import ray
 
-    storage = Path(cfg.run.storage_path).expanduser().resolve()
-    run_dir = storage / cfg.run.name
+    storage = RunStorage(cfg.run.storage_path, cfg.run.name)
+    run_dir = storage.local_dir
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
+    storage.pull()  # a resumed URI run: earlier metrics (and local-mode checkpoints) come back first
     save_config(cfg, run_dir / "config.yaml")
+    storage.push()
     init_ray(cfg)
     _check_cluster_fits(cfg)
     table_ref = ray.put(table)
@@ -140,32 +216,36 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
         from rob_ray.train.context import LocalContext
         from rob_ray.train.loop import train_loop
 
-        ctx = LocalContext(table, run_dir, device="cuda" if cfg.scaling.use_gpu else "cpu",
+        ctx = LocalContext(table, storage, device="cuda" if cfg.scaling.use_gpu else "cpu",
                            num_to_keep=cfg.run.num_to_keep, use_ray_data=True, table_ref=table_ref,
                            num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
-                           prefetch_batches=cfg.data.prefetch_batches)
+                           prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
         metrics = train_loop(cfg, ctx, len(table))
     else:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        resources = {"CPU": cfg.scaling.cpus_per_worker}
+        resources = {**cfg.scaling.worker_resources, "CPU": cfg.scaling.cpus_per_worker}
         if cfg.scaling.use_gpu:
             resources["GPU"] = cfg.scaling.gpus_per_worker
         trainer = TorchTrainer(
             _worker_entry,
-            train_loop_config={"config": config_to_dict(cfg), "table_ref": [table_ref], "num_images": len(table),
-                               "run_dir": str(run_dir)},
+            # Workers rebuild the storage from the config: an absolute path (their cwd differs) or the URI.
+            train_loop_config={"config": {**config_to_dict(cfg), "run": {**config_to_dict(cfg)["run"],
+                                                                       "storage_path": storage.storage_path}},
+                               "table_ref": [table_ref], "num_images": len(table)},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                          resources_per_worker=resources),
-            run_config=RunConfig(name=cfg.run.name, storage_path=str(storage),
+            run_config=RunConfig(name=cfg.run.name, storage_path=storage.storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
                                  callbacks=callbacks),
         )
         result = trainer.fit()
         metrics = dict(result.metrics or {})
+        storage.download_latest_checkpoint()
+    storage.push()
     ckpt = latest_checkpoint_dir(run_dir)
     if ckpt is not None and not metrics:
         metrics = {k: v for k, v in load_state(ckpt).items() if k in ("step", "skipped_images")}
-    return FitResult(run_dir=run_dir, metrics=metrics, checkpoint_dir=ckpt)
+    return FitResult(run_dir=run_dir, metrics=metrics, checkpoint_dir=ckpt, storage=storage)

@@ -194,6 +194,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 ctx.report(metrics)
     if writer is not None:
         writer.close()
+    ctx.flush_outputs()
     return metrics
 
 

@@ -1,0 +1,51 @@
+"""Placement from config, checked against a cluster's resources without starting Ray."""
+
+from __future__ import annotations
+
+from rob_ray.config import load_config
+from rob_ray.train.launch import _job_env_var_names, cluster_shortfalls, resource_plan
+
+GPU_RUN = ["scaling.num_workers=16", "scaling.use_gpu=true", "scaling.cpus_per_worker=8", "scaling.gpus_per_worker=1",
+           "scaling.workers_per_node=8", "data.num_actors=2", "data.cpus_per_actor=4", "data.actor_resources={data_cpu: 4}"]
+P5 = {"CPU": 192.0, "GPU": 8.0}  # p5.48xlarge as the launcher config declares it
+DATA_NODE = {"CPU": 64.0, "data_cpu": 64.0}
+
+
+def test_plan_counts_custom_resources_and_nodes():
+    plan = resource_plan(load_config(None, GPU_RUN))
+    assert plan["train_cpus"] == 16 * 8 and plan["gpus"] == 16
+    assert plan["data_cpus"] == 16 * 2 * 4 and plan["resource/data_cpu"] == 16 * 2 * 4
+    assert plan["nodes"] == 2
+
+
+def test_two_gpu_nodes_and_data_nodes_fit():
+    nodes = [P5, P5, DATA_NODE, DATA_NODE]
+    totals = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU", "data_cpu")}
+    assert cluster_shortfalls(load_config(None, GPU_RUN), totals, nodes) == []
+
+
+def test_missing_data_nodes_and_too_small_gpu_nodes_are_named():
+    small = {"CPU": 96.0, "GPU": 4.0}  # 4-GPU nodes cannot host 8 workers each
+    nodes = [small] * 4
+    totals = {"CPU": 384.0, "GPU": 16.0}
+    short = cluster_shortfalls(load_config(None, GPU_RUN), totals, nodes)
+    assert any("128 'data_cpu' (cluster has 0" in s for s in short)
+    assert any("2 nodes with CPU 64, GPU 8 for scaling.workers_per_node=8 (cluster has 0)" in s for s in short)
+
+
+def test_custom_resources_reject_cpu_and_gpu_keys():
+    import pytest
+
+    from rob_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.actor_resources takes custom resources"):
+        load_config(None, ["data.actor_resources={CPU: 2}"])
+    with pytest.raises(ConfigError, match=r"scaling.worker_resources takes custom resources"):
+        load_config(None, ["scaling.worker_resources={train_slot: 0}"])
+
+
+def test_job_env_vars_are_read_from_the_job_config(monkeypatch):
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"env_vars": {"A": "1", "B": "2"}}}')
+    assert _job_env_var_names() == {"A", "B"}
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert _job_env_var_names() == set()
