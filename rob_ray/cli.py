@@ -1,7 +1,7 @@
 """Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
 `python experiments/run.py teachers [NAME]` (the teacher catalogue) and
-`python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`.
-`python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
+`python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`,
+and `python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
 is printed as one line and exits with code 2 before any Ray work starts.
