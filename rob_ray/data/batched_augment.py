@@ -283,6 +283,7 @@ class BatchedMultiCrop:
         self.policy = policy
         self.mean, self.std = mean, std
         self.channels_last = channels_last
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -292,48 +293,88 @@ class BatchedMultiCrop:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         p = self.policy
-        g = p.num_global
-        globals_ = self._group(images, params, slice(0, g), p.global_size)
-        locals_ = self._group(images, params, slice(g, p.num_views), p.local_size) if p.num_local else None
-        return globals_, locals_
+        groups = [(slice(0, p.num_global), p.global_size)]
+        if p.num_local:
+            groups.append((slice(p.num_global, p.num_views), p.local_size))
+        up = _Upload()
+        plans = [self._plan(params, views, size, up) for views, size in groups]
+        sent = up.send(images.device)  # one pinned host->device copy per dtype: no stream syncs
+        outs = [self._run(images, plan, sent, size) for plan, (_, size) in zip(plans, groups)]
+        return outs[0], (outs[1] if p.num_local else None)
 
-    def _group(self, images: torch.Tensor, params: AugmentParams, views: slice, size: int) -> torch.Tensor:
-        dev = images.device
+    def _plan(self, params: AugmentParams, views: slice, size: int, up: _Upload) -> dict:
+        """Host side: which views get which op with which factor (index lists, no device work)."""
         p = self.policy
 
         def flat(t: torch.Tensor) -> torch.Tensor:
             return t[views].reshape(-1, *t.shape[2:])
 
-        x = crop_resize(images, params.boxes[views].to(dev, non_blocking=True), size,
-                        params.flip[views].to(dev, non_blocking=True))
+        plan: dict = {"boxes": up.add(params.boxes[views]), "flip": up.add(params.flip[views]), "jitter": []}
         jitter, factors, order = flat(params.jitter), flat(params.factors), flat(params.order)
         strengths = (p.brightness, p.contrast, p.saturation, p.hue)
         for slot in range(4):  # torchvision ColorJitter: the four ops in a random order per view
             for op in range(4):
-                if strengths[op] <= 0:
-                    continue
-                idx = torch.nonzero(jitter & (order[:, slot] == op)).flatten()  # host-side: no device sync
-                if len(idx):
-                    d = idx.to(dev, non_blocking=True)
-                    x[d] = _JITTER_OPS[op](x[d], factors[idx, op].to(dev, non_blocking=True))
-        gray = flat(params.gray)
-        if gray.any():
-            d = torch.nonzero(gray).flatten().to(dev, non_blocking=True)
-            x[d] = grayscale(x[d]).expand(-1, 3, -1, -1)
-        blur, sigma = flat(params.blur), flat(params.sigma)
+                idx = torch.nonzero(jitter & (order[:, slot] == op)).flatten()
+                if strengths[op] > 0 and len(idx):
+                    plan["jitter"].append((op, up.add(idx), up.add(factors[idx, op])))
+        gray, blur, solar = flat(params.gray), flat(params.blur), flat(params.solarize)
+        plan["gray"] = up.add(torch.nonzero(gray).flatten()) if gray.any() else None
+        plan["solar"] = up.add(torch.nonzero(solar).flatten()) if solar.any() else None
+        plan["blur"] = None
         if blur.any():
             idx = torch.nonzero(blur).flatten()
+            sigma = flat(params.sigma)[idx]
             max_kernel = min(2 * math.ceil(3 * p.blur_sigma[1]) + 1, 2 * (size // 2) - 1)
-            ksize = torch.clamp(2 * torch.ceil(3 * sigma[idx]).long() + 1, max=max_kernel)
-            d = idx.to(dev, non_blocking=True)
-            x[d] = gaussian_blur(x[d], sigma[idx].to(dev, non_blocking=True), ksize.to(dev, non_blocking=True), max_kernel)
-        solar = flat(params.solarize)
-        if solar.any():
-            d = torch.nonzero(solar).flatten().to(dev, non_blocking=True)
+            ksize = torch.clamp(2 * torch.ceil(3 * sigma).long() + 1, max=max_kernel)
+            plan["blur"] = (up.add(idx), up.add(sigma), up.add(ksize), max_kernel)
+        return plan
+
+    def _run(self, images: torch.Tensor, plan: dict, sent: list[torch.Tensor], size: int) -> torch.Tensor:
+        """Device side: crop/resize/flip, then each op on the views that drew it."""
+        dev = images.device
+        x = crop_resize(images, sent[plan["boxes"]].long(), size, sent[plan["flip"]].bool())
+        for op, idx, factor in plan["jitter"]:
+            d = sent[idx].long()
+            x[d] = _JITTER_OPS[op](x[d], sent[factor])
+        if plan["gray"] is not None:
+            d = sent[plan["gray"]].long()
+            x[d] = grayscale(x[d]).expand(-1, 3, -1, -1)
+        if plan["blur"] is not None:
+            idx, sigma, ksize, max_kernel = plan["blur"]
+            d = sent[idx].long()
+            x[d] = gaussian_blur(x[d], sent[sigma], sent[ksize].long(), max_kernel)
+        if plan["solar"] is not None:
+            d = sent[plan["solar"]].long()
             sub = x[d]
             x[d] = torch.where(sub >= 128 / 255, 1.0 - sub, sub)  # torchvision's uint8 threshold 128
         if self.mean is not None and self.std is not None:
-            m = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
-            s = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
+            if dev not in self._norm:  # made once per device: a per-step host copy would sync
+                self._norm[dev] = (torch.tensor(self.mean).view(1, 3, 1, 1).to(dev),
+                                   torch.tensor(self.std).view(1, 3, 1, 1).to(dev))
+            m, s = self._norm[dev]
             x = (x - m) / s
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class _Upload:
+    """Collects a step's small host tensors and moves them in one copy (float64 carries the
+    integers exactly): many small pageable copies would each wait for the device to drain."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, t: torch.Tensor) -> int:
+        self.parts.append(t)
+        return len(self.parts) - 1
+
+    def send(self, device: torch.device) -> list[torch.Tensor]:
+        shapes = [t.shape for t in self.parts]
+        flat = torch.cat([t.double().reshape(-1) for t in self.parts])
+        if device.type == "cuda":
+            flat = flat.pin_memory().to(device, non_blocking=True)
+        out, at = [], 0
+        for shape in shapes:
+            n = math.prod(shape)
+            out.append(flat[at:at + n].view(shape).float())
+            at += n
+        return out

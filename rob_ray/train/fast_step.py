@@ -178,15 +178,15 @@ class GpuViews:
         valid = np.asarray(host["valid"], dtype=bool)
         n_bad = int((~valid).sum())  # host numpy: no device sync
         images, sizes = dev["image"], torch.as_tensor(np.asarray(host["size"]))
-        labels = torch.as_tensor(np.asarray(host["label"]))
+        labels = dev["label"] if "label" in dev else torch.as_tensor(np.asarray(host["label"]))
         if 0 < n_bad < len(valid):
             good = np.flatnonzero(valid)
             rows = torch.as_tensor(np.where(valid, np.arange(len(valid)), good[np.arange(len(valid)) % len(good)]))
             images, sizes = images[rows.to(images.device)], sizes[rows]
             labels = labels.clone()
-            labels[torch.as_tensor(~valid)] = -1
+            labels[torch.as_tensor(~valid).to(labels.device)] = -1
         globals_, locals_ = self.augment(images, sizes, step_generator(self.seed, self.rank, step))
-        return Views(globals_, locals_, labels.to(self.device, non_blocking=True), len(valid),
+        return Views(globals_, locals_, labels.to(self.device), len(valid),
                      self.policy.num_global), n_bad
 
 

@@ -127,7 +127,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     window_t0, window_images, step_images = time.perf_counter(), 0, 0
     stream = iter(ctx.batches(policy, schedule, start, end))
     if gpu_views is not None:
-        stream = DevicePrefetcher(stream, device, ("image",))
+        stream = DevicePrefetcher(stream, device, ("image", "label"))
     student.train()
     for step in range(start, end):
         timer.start("data/wait")
