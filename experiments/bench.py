@@ -40,18 +40,18 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rob_ray.data.batched_augment import BatchedMultiCrop  # noqa: E402
-from rob_ray.data.decode import decode_rgb  # noqa: E402
-from rob_ray.data.mapper import fit_image  # noqa: E402
-from rob_ray.data.multicrop import MultiCropAugment, sample_seed  # noqa: E402
-from rob_ray.data.policy import CropPolicy  # noqa: E402
-from rob_ray.losses import DinoLoss  # noqa: E402
-from rob_ray.methods import Views  # noqa: E402
-from rob_ray.methods.dino import DinoMethod  # noqa: E402
-from rob_ray.models import DINOHead, build_student  # noqa: E402
-from rob_ray.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Teacher  # noqa: E402
-from rob_ray.models.teachers.timm_teacher import create_timm_backbone  # noqa: E402
-from rob_ray.train.fast_step import StageClock, Timed, flops_per_image, mfu, step_generator  # noqa: E402
+from rob_ray.data.batched_augment import BatchedMultiCrop
+from rob_ray.data.decode import decode_rgb
+from rob_ray.data.mapper import fit_image
+from rob_ray.data.multicrop import MultiCropAugment, sample_seed
+from rob_ray.data.policy import CropPolicy
+from rob_ray.losses import DinoLoss
+from rob_ray.methods import Views
+from rob_ray.methods.dino import DinoMethod
+from rob_ray.models import DINOHead, build_student
+from rob_ray.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Teacher
+from rob_ray.models.teachers.timm_teacher import create_timm_backbone
+from rob_ray.train.fast_step import StageClock, Timed, flops_per_image, mfu, step_generator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per row (the first compiles)")
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
     ap.add_argument("--naive-compiled", action="store_true", help="also time the naive step bf16+channels_last+compile")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default: 793 on CUDA, the issue's measured H100 bf16)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default on CUDA: 793, the measured H100 bf16 rate)")
     ap.add_argument("--cpu-aug-images", type=int, default=16, help="images for the per-image CPU augmentation rate")
     ap.add_argument("--budget-s", type=float, default=330.0, help="skip optional rows after this many seconds")
     ap.add_argument("--out", default="bench.json")
@@ -206,10 +206,14 @@ class NaiveStep:
         return loss.item()
 
 
-def time_steps(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, list[Any]]:
-    """Seconds per call (events/sync around the timed calls only), and the warm-up results."""
+def time_steps(fn, steps: int, warmup: int, device: torch.device, clock: StageClock | None = None
+               ) -> tuple[float, list[Any]]:
+    """Seconds per call (sync around the timed calls only), and the warm-up results. With a
+    clock, its stages are emptied after the warm-up, so it then holds the timed window only."""
     first = [fn(i) for i in range(warmup)]
     sync(device)
+    if clock is not None:
+        clock.collect()
     t0 = time.perf_counter()
     for i in range(steps):
         fn(warmup + i)
@@ -226,9 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if cuda:  # PyTorch's default precision flags stay (the naive fp32 row is plain PyTorch)
         torch.backends.cudnn.benchmark = True
     compile_on = args.compile == "on" or (args.compile == "auto" and cuda)
     peak = args.peak_tflops or (793.0 if cuda else None)
@@ -319,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # --- (c) naive step, then (b) rob_ray synthetic, then (a) from JPEG bytes
     naive_teacher, naive_student = naive_teacher.to(device), naive_student.to(device)
+    if cuda:
+        torch.cuda.empty_cache()
     views = synthetic_views(policy, b, device, channels_last=False)
     print("[bench] (c) naive eager fp32 step", flush=True)
     naive = NaiveStep(naive_teacher, naive_student, device)
@@ -336,16 +340,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fast = FastStep(teacher, student, device, compile_on, clock)
     views_cl = synthetic_views(policy, b, device, channels_last=True)
     t_c0 = time.perf_counter()
-    t_fast, fast_first = time_steps(lambda i: fast(views_cl, i), args.steps, args.warmup, device)
+    t_fast, fast_first = time_steps(lambda i: fast(views_cl, i), args.steps, args.warmup, device, clock)
     checks["compile_and_warmup_s"] = time.perf_counter() - t_c0 - t_fast * args.steps
-    stages = clock.collect()
     # The first warm-up step of each ran on identical weights and inputs: bf16/compiled vs eager fp32.
     ref_loss, fast_loss = naive_first[0], float(fast_first[0])
     checks["loss_eager_fp32"], checks["loss_fast"] = ref_loss, fast_loss
     checks["loss_rel_diff"] = abs(fast_loss - ref_loss) / abs(ref_loss)
     checks["loss_match"] = bool(checks["loss_rel_diff"] < (2e-2 if cuda else 1e-4))
-    # Stage totals include the warm-up steps' device time; re-measure on a clean window.
-    time_steps(lambda i: fast(views_cl, i), args.steps, 0, device)
     stages = clock.collect()
     per = {k: v / args.steps for k, v in stages.items()}
     rb = row("(b) rob_ray step, synthetic on-device", t_fast, b, "", mfu=mfu(b / t_fast, flops, peak))
@@ -367,9 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         e2e_clock.stop("augment")
         return fast(Views(g, loc, torch.full((b,), -1, device=device), b, policy.num_global), i)
 
-    time_steps(e2e, 1, 1, device)
-    clock.collect()
-    t_e2e, _ = time_steps(e2e, args.steps, 0, device)
+    t_e2e, _ = time_steps(e2e, args.steps, 1, device, clock)
     per = {k: v / args.steps for k, v in clock.collect().items()}
     ra = row("(a) rob_ray end to end from JPEG bytes", t_e2e, b, f"decode via {'nvJPEG' if decode is decode_gpu else 'CPU'}",
              mfu=mfu(b / t_e2e, flops, peak))
@@ -378,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     checks["speedup_e2e_vs_naive_eager_step"] = ra["img_per_s"] / (b / t_naive)
     checks["speedup_e2e_vs_naive_e2e_bound"] = ra["img_per_s"] / naive_e2e
     checks["speedup_synthetic_vs_naive_eager_step"] = rb["img_per_s"] / (b / t_naive)
+    if cuda:
+        checks["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
     if args.naive_compiled and time.perf_counter() - t_start < args.budget_s:
         print("[bench] (c') naive bf16 + channels_last + compile", flush=True)

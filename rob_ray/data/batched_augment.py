@@ -229,17 +229,14 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
     hue = (hue + shift.view(-1, 1, 1)) % 1.0
-    h6 = hue * 6
-    sector = torch.floor(h6).clamp_(0, 5)
-    frac = h6 - sector
-    v = maxc
-    p, q, t = v * (1 - sat), v * (1 - sat * frac), v * (1 - sat * (1 - frac))
-    sector = sector.long().unsqueeze(1)  # (N, 1, H, W)
-    # Sector k picks (R, G, B) from (v, p, q, t) as in the usual HSV -> RGB table.
-    table = torch.stack([v, q, p, p, t, v,  # R for sectors 0..5
-                         t, v, v, q, p, p,  # G
-                         p, p, t, v, v, q], dim=1).view(x.shape[0], 3, 6, *x.shape[2:])
-    return table.gather(2, sector.unsqueeze(1).expand(-1, 3, 1, -1, -1)).squeeze(2).clamp_(0.0, 1.0)
+    # HSV -> RGB without a sector table: channel n (R 5, G 3, B 1) = v - v s clamp(min(k, 4 - k), 0, 1),
+    # k = (n + 6 h) mod 6 — a few fused-friendly elementwise passes instead of an 18-plane gather.
+    h6, vs = hue * 6, maxc * sat
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (h6 + n) % 6
+        out.append(maxc - vs * torch.minimum(k, 4 - k).clamp_(0.0, 1.0))
+    return torch.stack(out, dim=1).clamp_(0.0, 1.0)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: torch.Tensor, max_kernel: int) -> torch.Tensor:

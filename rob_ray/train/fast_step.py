@@ -112,33 +112,34 @@ def allreduce_timing_hook(clock: StageClock, name: str = "allreduce") -> Callabl
 
 
 class DevicePrefetcher:
-    """Wraps an iterator of host batches (dicts of numpy arrays): yields (host batch, device
-    tensors of `keys`). On CUDA the next batch is pinned and copied on a side stream while the
-    caller computes on the current one; on CPU the tensors share the numpy memory."""
+    """Wraps an iterator of host batches (dicts of numpy arrays): yields the same dicts with
+    `keys` replaced by device tensors. On CUDA the next batch is pinned and copied on a side
+    stream while the caller computes on the current one (a pageable copy would also sync the
+    stream); on CPU the tensors share the numpy memory."""
 
     def __init__(self, batches: Iterator[dict[str, np.ndarray]], device: torch.device, keys: tuple[str, ...]) -> None:
         self.it, self.device, self.keys = iter(batches), torch.device(device), keys
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self._next: tuple[dict, dict] | None = None
+        self._next: dict | None = None
         self._done = False
 
-    def _load(self) -> tuple[dict, dict] | None:
+    def _load(self) -> dict | None:
         try:
             host = next(self.it)
         except StopIteration:
             return None
         if not self.cuda:
-            return host, {k: torch.as_tensor(np.asarray(host[k])) for k in self.keys}
+            return {**host, **{k: torch.as_tensor(np.asarray(host[k])) for k in self.keys}}
         with torch.cuda.stream(self.stream):
             dev = {k: torch.as_tensor(np.asarray(host[k])).pin_memory().to(self.device, non_blocking=True)
                    for k in self.keys}
-        return host, dev
+        return {**host, **dev}
 
     def __iter__(self) -> DevicePrefetcher:
         return self
 
-    def __next__(self) -> tuple[dict, dict]:
+    def __next__(self) -> dict:
         if self._next is None and not self._done:
             self._next = self._load()
         current = self._next
@@ -147,8 +148,8 @@ class DevicePrefetcher:
             raise StopIteration
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
-            for t in current[1].values():
-                t.record_stream(torch.cuda.current_stream(self.device))  # the side stream must not reuse it early
+            for k in self.keys:
+                current[k].record_stream(torch.cuda.current_stream(self.device))  # the side stream must not reuse it early
         self._next = self._load()  # starts the next copy now, overlapping this step's compute
         return current
 
@@ -173,12 +174,14 @@ class GpuViews:
         self.augment = BatchedMultiCrop(policy, mean, std, channels_last=channels_last)
         self.policy, self.device, self.seed, self.rank = policy, torch.device(device), seed, rank
 
-    def __call__(self, host: dict[str, np.ndarray], dev: dict[str, torch.Tensor], step: int
-                 ) -> tuple[Views, int]:
-        valid = np.asarray(host["valid"], dtype=bool)
+    def __call__(self, batch: dict[str, Any], step: int) -> tuple[Views, int]:
+        """`batch`: host numpy `valid` and `size`; `image` (and `label`) already on the device
+        (DevicePrefetcher) or host arrays."""
+        valid = np.asarray(batch["valid"], dtype=bool)
         n_bad = int((~valid).sum())  # host numpy: no device sync
-        images, sizes = dev["image"], torch.as_tensor(np.asarray(host["size"]))
-        labels = dev["label"] if "label" in dev else torch.as_tensor(np.asarray(host["label"]))
+        images = torch.as_tensor(batch["image"]).to(self.device)
+        sizes = torch.as_tensor(np.asarray(batch["size"]))
+        labels = torch.as_tensor(batch["label"])
         if 0 < n_bad < len(valid):
             good = np.flatnonzero(valid)
             rows = torch.as_tensor(np.where(valid, np.arange(len(valid)), good[np.arange(len(valid)) % len(good)]))

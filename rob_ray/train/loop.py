@@ -126,8 +126,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     g_views, metrics = policy.num_global, {}
     window_t0, window_images, step_images = time.perf_counter(), 0, 0
     stream = iter(ctx.batches(policy, schedule, start, end))
-    if gpu_views is not None:
-        stream = DevicePrefetcher(stream, device, ("image", "label"))
+    if gpu_views is not None or is_cuda:  # pinned copies of the next batch overlap this step
+        stream = DevicePrefetcher(stream, device, ("image", "label") if gpu_views is not None else ("global", "local", "label"))
     student.train()
     for step in range(start, end):
         timer.start("data/wait")
@@ -136,8 +136,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         timer.start("step")
         clock.start("augment")
         if gpu_views is not None:  # augment.device=gpu: crop, colour and normalise here, batched
-            batch, dev = batch
-            views, n_bad = gpu_views(batch, dev, step)
+            views, n_bad = gpu_views(batch, step)
             skipped += n_bad
             valid = np.asarray(batch["valid"])
             weight = 0.0 if n_bad == len(valid) else 1.0  # all unreadable: keep DDP in step, learn nothing
@@ -149,8 +148,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             valid = torch.as_tensor(np.asarray(batch["valid"]))
             n_bad = int((~valid).sum())
             skipped += n_bad
-            gl = torch.as_tensor(np.asarray(batch["global"])).to(device, non_blocking=True)
-            lo = torch.as_tensor(np.asarray(batch["local"])).to(device, non_blocking=True)
+            gl = torch.as_tensor(batch["global"]).to(device, non_blocking=True)  # a no-op once prefetched
+            lo = torch.as_tensor(batch["local"]).to(device, non_blocking=True)
             weight = 1.0
             if 0 < n_bad < len(valid):
                 keep = valid.to(device)
@@ -162,9 +161,9 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 group["lr"] = float(lr_sched[step])
                 if group["regularized"]:
                     group["weight_decay"] = float(wd_sched[step])
-            labels = torch.as_tensor(np.asarray(batch["label"]))
+            labels = torch.as_tensor(batch["label"])
             if 0 < n_bad < len(valid):
-                labels = labels[valid]
+                labels = labels[valid.to(labels.device)]
             views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
         clock.stop("augment")
         with autocast():
