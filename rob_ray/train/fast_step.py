@@ -97,7 +97,7 @@ def allreduce_timing_hook(clock: StageClock, name: str = "allreduce") -> Callabl
     completion added to `name` (host-measured; buckets overlap backward and each other)."""
     import torch.distributed as dist
 
-    def hook(state: Any, bucket: Any) -> torch.futures.Future:
+    def hook(state, bucket):  # unannotated: DDP rejects annotations other than its own types
         t0 = time.perf_counter()
         tensor = bucket.buffer().div_(dist.get_world_size())
         fut = dist.all_reduce(tensor, async_op=True).get_future()

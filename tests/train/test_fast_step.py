@@ -3,6 +3,7 @@ FLOP counting against a hand count, prefetching, and bf16 / compiled losses agai
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -156,3 +157,28 @@ def test_build_policy_carries_device_fields():
     cfg = load_config(None, ["augment.device=gpu", "scaling.use_gpu=true", "augment.gpu_image_size=128"])
     p = build_policy(cfg.augment)
     assert p.device == "gpu" and p.gpu_image_size == 128
+
+
+def test_allreduce_hook_averages_and_is_timed(tmp_path):
+    """A one-process gloo group: DDP with the timing hook gives the plain gradients (averaged over
+    one rank) and records the bucket all-reduce time."""
+    import torch.distributed as dist
+
+    from rob_ray.train.fast_step import allreduce_timing_hook
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = nn.Linear(5, 3)
+        ref = copy.deepcopy(net)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        clock = StageClock(torch.device("cpu"))
+        ddp.register_comm_hook(None, allreduce_timing_hook(clock))
+        x = torch.randn(4, 5)
+        ddp(x).pow(2).sum().backward()
+        ref(x).pow(2).sum().backward()
+        for a, b in zip(net.parameters(), ref.parameters()):
+            torch.testing.assert_close(a.grad, b.grad)
+        assert clock.collect().get("allreduce", -1) >= 0
+    finally:
+        dist.destroy_process_group()
