@@ -72,16 +72,21 @@ def augment_checks(device: torch.device, tiny: bool) -> dict[str, Any]:
 
 def loop_check(device: torch.device, steps: int) -> dict[str, Any]:
     """A few steps of the real loop (LocalContext, no Ray) with augment.device=gpu, default compile."""
+    import timm
+
     from rob_ray.config import load_config
     from rob_ray.data import scan_images
     from rob_ray.train import LocalContext
     from rob_ray.train.loop import train_loop
 
     data = REPO / "experiments" / "demo_data" / "train"
+    # timm's tiny test models compile fastest; older timm releases lack them.
+    has_test = bool(timm.list_models("test_vit")) and bool(timm.list_models("test_resnet"))
+    t_arch, s_arch = ("test_vit", "test_resnet") if has_test else ("vit_tiny_patch16_224", "resnet10t")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [
             f"data.path={data}", f"run.storage_path={tmp}", "run.name=gpu_check", "teacher.kind=timm",
-            "teacher.arch=test_vit", "student.arch=test_resnet", "student.head.hidden_dim=128",
+            f"teacher.arch={t_arch}", f"student.arch={s_arch}", "student.head.hidden_dim=128",
             "student.head.bottleneck_dim=64", "augment.device=gpu", "augment.global_size=64", "augment.local_size=32",
             "augment.num_local=4", "augment.gpu_image_size=128", "scaling.use_gpu=true", "optim.batch_size=32",
             f"optim.max_steps={steps}", "run.log_every_steps=2", "run.peak_tflops=793", "scaling.num_workers=0",
