@@ -1,5 +1,5 @@
 """Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
-`python experiments/run.py teachers [NAME]` (the teacher catalogue) and
+`python experiments/run.py teachers [NAME]` (the teacher catalogue),
 `python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`,
 and `python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
 

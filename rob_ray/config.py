@@ -94,7 +94,8 @@ class AugmentConfig(StrictModel):
     blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: Range = (0.1, 2.0)
     solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
-    device: Literal["cpu", "gpu"] = "cpu"
+    device: Literal["cpu", "gpu"] = Field("cpu", description="gpu: Ray Data ships decoded images, the worker crops them")
+    gpu_image_size: int = Field(256, ge=8, description="device=gpu: images are shrunk to fit this square (never enlarged)")
 
     @model_validator(mode="before")
     @classmethod
@@ -263,7 +264,8 @@ class RunConfig(StrictModel):
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1)
     log_every_steps: int = Field(10, ge=1)
-    compile: bool = Field(False, description="torch.compile teacher and student")
+    compile: bool | None = Field(None, description="torch.compile teacher and student (default: on for GPU)")
+    peak_tflops: float | None = Field(None, gt=0, description="device peak TFLOP/s for the MFU metric (e.g. 989 for H100 bf16)")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
 
 from rob_ray.data.decode import decode_rgb
 from rob_ray.data.multicrop import MultiCropAugment, sample_seed
@@ -13,10 +15,25 @@ from rob_ray.data.policy import CropPolicy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.sources import ImageTable
 
-__all__ = ["MultiCropMapper"]
+__all__ = ["MultiCropMapper", "fit_image"]
 
 log = logging.getLogger(__name__)
 _MAX_LOGGED_BAD = 5
+
+
+def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (3, h, w) uint8 with max(h, w) <= max_side, aspect kept, never enlarged.
+
+    Shrinking here (antialiased) bounds what travels to the GPU; crops then see the same field of
+    view as on the CPU path, at up to `max_side` pixels of resolution.
+    """
+    chw = torch.from_numpy(image).permute(2, 0, 1)
+    h, w = chw.shape[1:]
+    if max(h, w) <= max_side:
+        return chw.numpy()
+    s = max_side / max(h, w)
+    size = [max(1, min(max_side, round(h * s))), max(1, min(max_side, round(w * s)))]
+    return TF.resize(chw, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True).numpy()
 
 
 class MultiCropMapper:
@@ -25,6 +42,9 @@ class MultiCropMapper:
     Output columns: `global` (n, G, 3, Sg, Sg) uint8, `local` (n, L, 3, Sl, Sl) uint8,
     `valid` (n,) bool (False for unreadable images, whose views are zeros),
     `label` (n,) int64, `image_index` (n,) int64, `epoch` (n,) int64.
+    With `policy.device == "gpu"` the crops are made on the training device instead, and
+    `global`/`local` are replaced by `image` (n, 3, R, R) uint8 (each image shrunk to fit R =
+    `policy.gpu_image_size`, at the top left, zero padding) and `size` (n, 2) int64 (height, width).
     """
 
     def __init__(self, table: ImageTable | list, policy: CropPolicy, schedule: SampleSchedule, rank: int,
@@ -47,6 +67,8 @@ class MultiCropMapper:
     def map_positions(self, positions: np.ndarray) -> dict[str, np.ndarray]:
         """Augmented views for a rank's absolute sample positions (step * batch_size + j)."""
         epochs, images = self.schedule.lookup(self.rank, positions)
+        if self.policy.device == "gpu":
+            return self._map_images(epochs, images)
         p = self.policy
         n = len(positions)
         g = np.zeros((n, p.num_global, 3, p.global_size, p.global_size), dtype=np.uint8)
@@ -72,6 +94,30 @@ class MultiCropMapper:
             "image_index": images,
             "epoch": epochs,
         }
+
+    def _decode(self, idx: int) -> np.ndarray | None:
+        image = decode_rgb(self.table.read(idx))
+        if image is None and self.bad_logged < _MAX_LOGGED_BAD:
+            log.warning("skipping unreadable image %s", self.table.describe(idx))
+            self.bad_logged += 1
+        return image
+
+    def _map_images(self, epochs: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+        r = self.policy.gpu_image_size
+        n = len(images)
+        out = np.zeros((n, 3, r, r), dtype=np.uint8)
+        sizes = np.ones((n, 2), dtype=np.int64)
+        valid = np.zeros(n, dtype=bool)
+        for i, idx in enumerate(images.tolist()):
+            image = self._decode(idx)
+            if image is None:
+                continue
+            chw = fit_image(image, r)
+            out[i, :, : chw.shape[1], : chw.shape[2]] = chw
+            sizes[i] = chw.shape[1:]
+            valid[i] = True
+        return {"image": out, "size": sizes, "valid": valid, "label": self.table.labels[images],
+                "image_index": images, "epoch": epochs}
 
     def iter_local(self, start_step: int, end_step: int):
         """The same batches without Ray: one dict of numpy arrays per step."""

@@ -20,8 +20,9 @@ from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.eval.online import EpochEvaluator
-from rob_ray.methods import Views, build_method, build_models
+from rob_ray.methods import Views, build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.context import TrainContext
+from rob_ray.train.fast_step import DevicePrefetcher, GpuViews, StageClock, Timed, allreduce_timing_hook, flops_per_image, mfu
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
 from rob_ray.train.schedules import cosine_schedule
 
@@ -73,6 +74,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
 
     teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
     teacher, student = teacher.to(device), student.to(device)
+    if use_bf16 and is_cuda and needs_pretrained_teacher(cfg.method):
+        teacher = teacher.to(torch.bfloat16)  # frozen: bf16 weights skip autocast's per-step casts
     method = build_method(cfg.method, teacher, student).to(device)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -103,12 +106,20 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         if ctx.rank == 0:
             print(f"[rob_ray] resumed from step {start} (epoch {start // spe})", flush=True)
 
+    clock = StageClock(device)  # per-stage device times, read at logging steps only
+    flops_image = flops_per_image(method, teacher, student, policy, device, autocast)
     model: nn.Module = student
     if ctx.world_size > 1:
         model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if is_cuda else None)
+        model.register_comm_hook(None, allreduce_timing_hook(clock))
     run_teacher, run_student = teacher, model
-    if cfg.run.compile:
-        run_teacher, run_student = torch.compile(teacher), torch.compile(model)
+    if cfg.run.compile if cfg.run.compile is not None else is_cuda:
+        # Static shapes (fixed batch per worker, drop_last): one graph per module, no dynamic dims.
+        run_teacher, run_student = torch.compile(teacher, dynamic=False), torch.compile(model, dynamic=False)
+    run_teacher = Timed(run_teacher, clock, "teacher/forward")
+    run_student = Timed(run_student, clock, "student/forward_backward", stop=False)  # closed after backward
+    gpu_views = GpuViews(policy, teacher.mean, teacher.std, device, cfg.seed, ctx.rank, channels_last) \
+        if policy.device == "gpu" else None
 
     normalise = _normaliser(teacher.mean, teacher.std, device)
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
@@ -119,41 +130,58 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     g_views, metrics = policy.num_global, {}
     window_t0, window_images, step_images = time.perf_counter(), 0, 0
     stream = iter(ctx.batches(policy, schedule, start, end))
+    if gpu_views is not None or is_cuda:  # pinned copies of the next batch overlap this step
+        stream = DevicePrefetcher(stream, device, ("image", "label") if gpu_views is not None else ("global", "local", "label"))
     student.train()
     for step in range(start, end):
         timer.start("data/wait")
         batch = next(stream)
         timer.stop("data/wait")
         timer.start("step")
-        valid = torch.as_tensor(np.asarray(batch["valid"]))
-        n_bad = int((~valid).sum())
-        skipped += n_bad
-        gl = torch.as_tensor(np.asarray(batch["global"])).to(device, non_blocking=True)
-        lo = torch.as_tensor(np.asarray(batch["local"])).to(device, non_blocking=True)
-        weight = 1.0
-        if 0 < n_bad < len(valid):
-            keep = valid.to(device)
-            gl, lo = gl[keep], lo[keep]
-        elif n_bad == len(valid):
-            weight = 0.0  # keep DDP's all-reduce in step on the other ranks, learn nothing
-        lx = normalise(lo, channels_last) if lo.shape[1] else None
-        for group in optimizer.param_groups:
-            group["lr"] = float(lr_sched[step])
-            if group["regularized"]:
-                group["weight_decay"] = float(wd_sched[step])
-        labels = torch.as_tensor(np.asarray(batch["label"]))
-        if 0 < n_bad < len(valid):
-            labels = labels[valid]
-        views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
+        clock.start("augment")
+        if gpu_views is not None:  # augment.device=gpu: crop, colour and normalise here, batched
+            views, n_bad = gpu_views(batch, step)
+            skipped += n_bad
+            valid = np.asarray(batch["valid"])
+            weight = 0.0 if n_bad == len(valid) else 1.0  # all unreadable: keep DDP in step, learn nothing
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_sched[step])
+                if group["regularized"]:
+                    group["weight_decay"] = float(wd_sched[step])
+        else:
+            valid = torch.as_tensor(np.asarray(batch["valid"]))
+            n_bad = int((~valid).sum())
+            skipped += n_bad
+            gl = torch.as_tensor(batch["global"]).to(device, non_blocking=True)  # a no-op once prefetched
+            lo = torch.as_tensor(batch["local"]).to(device, non_blocking=True)
+            weight = 1.0
+            if 0 < n_bad < len(valid):
+                keep = valid.to(device)
+                gl, lo = gl[keep], lo[keep]
+            elif n_bad == len(valid):
+                weight = 0.0  # keep DDP's all-reduce in step on the other ranks, learn nothing
+            lx = normalise(lo, channels_last) if lo.shape[1] else None
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_sched[step])
+                if group["regularized"]:
+                    group["weight_decay"] = float(wd_sched[step])
+            labels = torch.as_tensor(batch["label"])
+            if 0 < n_bad < len(valid):
+                labels = labels[valid.to(labels.device)]
+            views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
+        clock.stop("augment")
         with autocast():
             out = method(views, run_teacher, run_student, step)
         loss = out.loss * weight
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clock.stop("student/forward_backward")
+        clock.start("optimizer")
         if cfg.optim.clip_grad:
             nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
         optimizer.step()
         method.after_optimizer_step(step)
+        clock.stop("optimizer")
         timer.stop("step")
         step_images += len(valid)
         done = step + 1
@@ -179,6 +207,9 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 "skipped_images": skipped_all, "eta_s": (end - done) * global_batch / max(rate, 1e-9),
                 **{k: float(v) for k, v in stats.items()},
                 **{f"time/{k}": v for k, v in stages.items()},
+                **{f"time/{k}": v for k, v in clock.collect().items()},
+                "flops_per_image": flops_image,
+                **({"mfu": m} if (m := mfu(rate / ctx.world_size, flops_image, cfg.run.peak_tflops)) is not None else {}),
                 **method.extra_metrics(),
                 **epoch_eval(done, student, views.globals_[: views.batch_size]),  # epoch ends only
             }
