@@ -21,6 +21,7 @@ __all__ = ["DEMO_CONFIG", "main"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "experiments" / "configs" / "demo.yaml"
 EXIT_USER_ERROR = 2
+EXIT_TRAINING_STOPPED = 3
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -29,6 +30,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rob_ray.models.teachers.base import TeacherLoadError
 
     return ConfigError, DataSourceError, TeacherLoadError, StudentBuildError
+
+
+def _training_stopped() -> type[BaseException]:
+    from rob_ray.train.faults import TrainingStopped  # lazy: torch is not needed to print --help
+
+    return TrainingStopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
         return EXIT_USER_ERROR
+    except _training_stopped() as exc:  # checkpoint saved; the message says what to change
+        print(f"[rob_ray] {exc}", file=sys.stderr)
+        return EXIT_TRAINING_STOPPED
 
 
 def _train(cfg: Config, pre, demo: bool) -> int:

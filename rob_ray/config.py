@@ -19,6 +19,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DebugConfig",
     "DinoMethodConfig",
     "HeadConfig",
     "OptimConfig",
@@ -175,11 +176,26 @@ class RunConfig(StrictModel):
     storage_path: str = "runs"
     checkpoint_every_steps: int = Field(200, ge=1)
     num_to_keep: int = Field(2, ge=1)
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: unlimited)")
+    max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    checkpoint_score_metric: str | None = Field(
+        None, description="also keep <run>/best: the checkpoint with the best value of this metric (e.g. online_knn_top1)")
+    checkpoint_score_mode: Literal["max", "min"] = "max"
     log_every_steps: int = Field(10, ge=1)
     compile: bool = Field(False, description="torch.compile teacher and student")
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+
+
+class DebugConfig(StrictModel):
+    """Fault injection for tests of resume; off by default. Each listed step fails once per run folder."""
+
+    fail_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="1-based steps (as in metrics' step) during which a worker fails once")
+    fail_mode: Literal["raise", "exit"] = Field("raise", description="raise: a Python exception; exit: os._exit(1)")
+    fail_rank: int = Field(0, ge=0, description="the worker rank that fails")
+    nonfinite_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="1-based steps whose loss is replaced by NaN (every attempt)")
 
 
 class Config(StrictModel):
@@ -192,6 +208,7 @@ class Config(StrictModel):
     optim: OptimConfig = OptimConfig()
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
+    debug: DebugConfig = DebugConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
@@ -205,6 +222,9 @@ class Config(StrictModel):
             raise ValueError("method.pairing=swapped with one global and no local crop leaves no view pair")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
+        if self.debug.fail_rank >= max(self.scaling.num_workers, 1):
+            raise ValueError(f"debug.fail_rank ({self.debug.fail_rank}) must be below the number of workers "
+                             f"({max(self.scaling.num_workers, 1)})")
         return self
 
     def run_dir(self) -> Path:
