@@ -81,12 +81,19 @@ class AugmentConfig(StrictModel):
     solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
     device: Literal["cpu", "gpu"] = "cpu"
 
-    @field_validator("global_scale", "local_scale", "ratio")
+    @field_validator("global_scale", "local_scale", "ratio", "blur_sigma")
     @classmethod
     def _ordered_range(cls, v: Range) -> Range:
         lo, hi = v
         if not (0 < lo <= hi):
             raise ValueError(f"must be (low, high) with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("blur_prob", "solarize_prob")
+    @classmethod
+    def _probabilities(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 <= p <= 1 for p in v):
+            raise ValueError(f"each probability (first global, other globals, locals) must be in [0, 1], got {list(v)}")
         return v
 
     @field_validator("global_scale", "local_scale")
@@ -220,6 +227,9 @@ class Config(StrictModel):
         if self.method.name == "dino" and self.method.pairing == "swapped" and self.augment.num_global < 2 \
                 and self.augment.num_local == 0:
             raise ValueError("method.pairing=swapped with one global and no local crop leaves no view pair")
+        if self.optim.warmup_epochs > self.optim.epochs:
+            raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs:g}) must not exceed optim.epochs "
+                             f"({self.optim.epochs})")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         if self.debug.fail_rank >= max(self.scaling.num_workers, 1):
@@ -276,6 +286,16 @@ def format_validation_error(err: ValidationError) -> str:
         got = e["input"].get("name") if isinstance(e["input"], dict) else e["input"]
         return f"config error: {key}.name: unknown method '{got}'; choose one of {e['ctx']['expected_tags']}"
     msg = e["msg"].removeprefix("Value error, ")
+    if loc and loc[:-1] and isinstance(loc[-1], int) and e["type"] == "missing" and isinstance(e["input"], list | tuple):
+        # A too-short list: pydantic names the first missing item; say how many values are needed.
+        parent = ".".join(str(p) for p in loc[:-1])
+        owner = _model_at(loc[:-1])
+        field = owner.model_fields.get(str(loc[-2])) if owner else None
+        n = len(getattr(field.annotation, "__args__", ())) if field else 0
+        need = f"exactly {n} values" if n else "more values"
+        return f"config error: {parent} = {list(e['input'])!r}: needs {need}, got {len(e['input'])}"
+    if key == "<root>":  # cross-field checks name their fields in the message
+        return f"config error: {msg}"
     if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
         return f"config error: {key} = {e['input']!r}: {msg}"
     return f"config error: {key}: {msg}"

@@ -6,6 +6,7 @@ A mismatch found here costs a second; found on a cluster it costs a job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rob_ray.config import Config, ConfigError
@@ -31,6 +32,12 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
+    if cfg.data.eval_path:  # found missing only after training otherwise
+        missing = [sub for sub in ("train", "val") if not (Path(cfg.data.eval_path) / sub).is_dir()]
+        if missing:
+            absent = " or ".join(m + "/" for m in missing)
+            raise ConfigError(f"config error: data.eval_path = '{cfg.data.eval_path}' has no {absent} folder; "
+                              "it must hold labelled train/ and val/ ImageFolders (or unset it)")
     teacher = build_teacher(cfg.teacher)
     out_dim = cfg.student.head.out_dim
     if out_dim is not None and out_dim != teacher.num_prototypes:
