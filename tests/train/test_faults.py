@@ -184,7 +184,7 @@ def test_best_checkpoint_survives_relaunch(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temporary folder left behind
 
 
-def _guard_worker(rank: int, store_dir: str, results) -> None:
+def _guard_worker(rank: int, store_dir: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store_dir}/store", rank=rank, world_size=2)
     guard = NonFiniteGuard(max_in_a_row=2, world_size=2)
     p = torch.nn.Parameter(torch.ones(3))
@@ -194,14 +194,14 @@ def _guard_worker(rank: int, store_dir: str, results) -> None:
         p.grad = None
         loss.backward()
         decisions.append(guard.step_ok(loss, [p]))
-    results[rank] = (decisions, guard.total, guard.in_a_row)
+    Path(store_dir, f"rank{rank}.json").write_text(json.dumps([decisions, guard.total, guard.in_a_row]))
     torch.distributed.destroy_process_group()
 
 
 def test_nonfinite_decision_is_the_same_on_every_rank():
     # Without DDP each rank has its own gradients: only the all-reduced flag keeps them in step.
-    with tempfile.TemporaryDirectory() as d, mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_guard_worker, args=(d, results), nprocs=2, join=True)
-        got = dict(results)
-    assert got[0] == got[1] == ([True, False, False, True], 2, 0)
+    # fork: the children reuse this process's imports (spawn would re-import torch twice).
+    with tempfile.TemporaryDirectory() as d:
+        mp.start_processes(_guard_worker, args=(d,), nprocs=2, join=True, start_method="fork")
+        got = [json.loads(Path(d, f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got[0] == got[1] == [[True, False, False, True], 2, 0]

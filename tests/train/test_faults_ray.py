@@ -15,7 +15,9 @@ import torch
 
 from rob_ray.config import load_config
 from rob_ray.train.checkpoint import load_state
+from rob_ray.train.faults import TrainingStopped
 from rob_ray.train.launch import fit, init_ray, latest_checkpoint_dir
+from tests.bad_images import make_corpus
 from tests.conftest import DEMO_DATA, tiny_overrides
 
 pytestmark = pytest.mark.ray
@@ -85,3 +87,26 @@ def test_three_worker_crashes_then_truncated_checkpoint_end_like_an_uninterrupte
     assert _steps(res.run_dir)[len(steps):] == [9]
     assert again.checkpoint_dir.name == "checkpoint_step_00000009_r1"
     _assert_same(_student(again.checkpoint_dir), reference)
+
+
+def test_bad_files_through_ray_data_are_counted_exactly(cluster, imagenette, tmp_path):
+    _, root = cluster
+    *_, bad = make_corpus(tmp_path / "c", imagenette, num_real=49)  # + 9 convertible + 6 bad = 8 steps of 8
+    res = fit(load_config(None, tiny_overrides(tmp_path / "c", root, "bad") + [
+        "optim.epochs=1", "scaling.ray_num_cpus=2", "data.cpus_per_actor=0.5"]))
+    assert res.metrics["step"] == 8 and res.metrics["skipped_images"] == len(bad) == 6
+
+
+def test_nonfinite_streak_stops_fit_with_a_clear_error(cluster):
+    # Both workers skip steps 3 and 4 together (DDP would hang otherwise), then stop; the stop
+    # reason travels from the workers' last report to fit(). Steps 1-2 leave checkpoint 2; the
+    # stop saves the same weights again under step 2 (a fresh `_r1` folder for Ray).
+    folder, root = cluster
+    cfg = load_config(None, tiny_overrides(folder, root, "nan") + TWO_WORKERS + [
+        "run.max_nonfinite_steps=2", "debug.nonfinite_at_steps=[3, 4]", "run.checkpoint_every_steps=2"])
+    with pytest.raises(TrainingStopped, match=r"2 non-finite steps in a row \(steps 3-4.*checkpoint at step 2 "):
+        fit(cfg)
+    assert _steps(root / "nan") == [1, 2, 3, 4]
+    assert latest_checkpoint_dir(root / "nan").name == "checkpoint_step_00000002_r1"
+    _assert_same(_student(root / "nan" / "checkpoint_step_00000002_r1"),
+                 _student(root / "nan" / "checkpoint_step_00000002"))
