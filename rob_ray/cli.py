@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(pre.plan, sort_keys=False).rstrip())
             return 0
         return _train(cfg, pre, demo=args.command == "demo")
+    except ConfigError as exc:  # first, so a config error does not import torch to be reported (~0.3 s, not ~4 s)
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return EXIT_USER_ERROR
     except _user_errors() as exc:
         print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
         return EXIT_USER_ERROR

@@ -156,3 +156,13 @@ def test_cli_bad_config_files_exit_2_with_one_line(tmp_path, yaml_text, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists() and "Traceback" not in proc.stderr
+
+
+def test_config_error_is_reported_without_importing_torch():
+    # "Fails in a second": reporting a config error must not pay for importing torch / timm.
+    code = ("import sys; from rob_ray.cli import main; rc = main(['train', 'optim.lr=fast']); "
+            "print(rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "config error: optim.lr = 'fast': Input should be a valid number, unable to parse " \
+        "string as a number"
