@@ -19,6 +19,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DebugConfig",
     "DinoMethodConfig",
     "EvalConfig",
     "FeatureMethodConfig",
@@ -106,12 +107,19 @@ class AugmentConfig(StrictModel):
             return resolve_preset(data)
         return data
 
-    @field_validator("global_scale", "local_scale", "ratio")
+    @field_validator("global_scale", "local_scale", "ratio", "blur_sigma")
     @classmethod
     def _ordered_range(cls, v: Range) -> Range:
         lo, hi = v
         if not (0 < lo <= hi):
             raise ValueError(f"must be (low, high) with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("blur_prob", "solarize_prob")
+    @classmethod
+    def _probabilities(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(0 <= p <= 1 for p in v):
+            raise ValueError(f"each probability (first global, other globals, locals) must be in [0, 1], got {list(v)}")
         return v
 
     @field_validator("global_scale", "local_scale")
@@ -262,7 +270,11 @@ class RunConfig(StrictModel):
     checkpoint_every_steps: int = Field(200, ge=1)
     checkpoint_every_epochs: int = Field(1, ge=1, description="also checkpoint at the end of every N-th epoch")
     num_to_keep: int = Field(2, ge=1)
-    max_failures: int = Field(0, ge=-1)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: unlimited)")
+    max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    checkpoint_score_metric: str | None = Field(
+        None, description="also keep <run>/best: the checkpoint with the best value of this metric (e.g. online_knn_top1)")
+    checkpoint_score_mode: Literal["max", "min"] = "max"
     log_every_steps: int = Field(10, ge=1)
     compile: bool | None = Field(None, description="torch.compile teacher and student (default: on for GPU)")
     peak_tflops: float | None = Field(None, gt=0, description="device peak TFLOP/s for the MFU metric (e.g. 989 for H100 bf16)")
@@ -297,6 +309,15 @@ class EvalConfig(StrictModel):
     k: int = Field(20, ge=1)
     temperature: float = Field(0.07, gt=0)
     collapse_std_ratio: float = Field(0.2, ge=0, description="warn when embedding std < ratio / sqrt(dim)")
+class DebugConfig(StrictModel):
+    """Fault injection for tests of resume; off by default. Each listed step fails once per run folder."""
+
+    fail_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="1-based steps (as in metrics' step) during which a worker fails once")
+    fail_mode: Literal["raise", "exit"] = Field("raise", description="raise: a Python exception; exit: os._exit(1)")
+    fail_rank: int = Field(0, ge=0, description="the worker rank that fails")
+    nonfinite_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="1-based steps whose loss is replaced by NaN (every attempt)")
 
 
 class Config(StrictModel):
@@ -311,6 +332,7 @@ class Config(StrictModel):
     run: RunConfig = RunConfig()
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
+    debug: DebugConfig = DebugConfig()
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -341,6 +363,12 @@ class Config(StrictModel):
                          ("scaling.worker_resources", self.scaling.worker_resources)):
             if {"CPU", "GPU"} & set(res) or any(v <= 0 for v in res.values()):
                 raise ValueError(f"{key} takes custom resources > 0 only (CPU/GPU have their own keys), got {res}")
+        if self.optim.warmup_epochs > self.optim.epochs:
+            raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs:g}) must not exceed optim.epochs "
+                             f"({self.optim.epochs})")
+        if self.debug.fail_rank >= max(self.scaling.num_workers, 1):
+            raise ValueError(f"debug.fail_rank ({self.debug.fail_rank}) must be below the number of workers "
+                             f"({max(self.scaling.num_workers, 1)})")
         return self
 
     def run_dir(self) -> Path:
@@ -392,6 +420,16 @@ def format_validation_error(err: ValidationError) -> str:
         got = e["input"].get("name") if isinstance(e["input"], dict) else e["input"]
         return f"config error: {key}.name: unknown method '{got}'; choose one of {e['ctx']['expected_tags']}"
     msg = e["msg"].removeprefix("Value error, ")
+    if loc and loc[:-1] and isinstance(loc[-1], int) and e["type"] == "missing" and isinstance(e["input"], list | tuple):
+        # A too-short list: pydantic names the first missing item; say how many values are needed.
+        parent = ".".join(str(p) for p in loc[:-1])
+        owner = _model_at(loc[:-1])
+        field = owner.model_fields.get(str(loc[-2])) if owner else None
+        n = len(getattr(field.annotation, "__args__", ())) if field else 0
+        need = f"exactly {n} values" if n else "more values"
+        return f"config error: {parent} = {list(e['input'])!r}: needs {need}, got {len(e['input'])}"
+    if key == "<root>":  # cross-field checks name their fields in the message
+        return f"config error: {msg}"
     if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
         return f"config error: {key} = {e['input']!r}: {msg}"
     return f"config error: {key}: {msg}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,12 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
+    if cfg.data.eval_path:  # found missing only after training otherwise
+        missing = [sub for sub in ("train", "val") if not (Path(cfg.data.eval_path) / sub).is_dir()]
+        if missing:
+            absent = " or ".join(m + "/" for m in missing)
+            raise ConfigError(f"config error: data.eval_path = '{cfg.data.eval_path}' has no {absent} folder; "
+                              "it must hold labelled train/ and val/ ImageFolders (or unset it)")
     try:
         teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
     except TeacherLoadError as exc:

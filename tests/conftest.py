@@ -9,7 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "experiments" / "demo_data"
-IMAGENETTE = REPO.parent / "shared" / "data" / "imagenette2-224"
+# ../shared beside the project; a git worktree one level deeper (wt/<name>) finds it one level up.
+IMAGENETTE = next((p / "shared" / "data" / "imagenette2-224" for p in (REPO.parent, REPO.parent.parent)
+                   if (p / "shared" / "data" / "imagenette2-224").is_dir()), REPO.parent / "shared" / "data" / "imagenette2-224")
 
 
 @pytest.fixture(scope="session")

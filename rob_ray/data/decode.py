@@ -8,10 +8,13 @@ import warnings
 import numpy as np
 from PIL import Image
 
-__all__ = ["MAX_IMAGE_PIXELS", "decode_rgb", "read_bytes"]
+__all__ = ["MAX_IMAGE_PIXELS", "MIN_IMAGE_SIDE", "decode_rgb", "read_bytes"]
 
 # Decompression-bomb guard: ~ 16k x 16k. Larger images are skipped, not decoded.
 MAX_IMAGE_PIXELS = 256_000_000
+# Images with a side shorter than this (1x1 tracking pixels, 3x2 icons) carry nothing a crop can
+# learn from: skipped and counted. Larger images smaller than the crop are upsampled by the crop.
+MIN_IMAGE_SIDE = 8
 
 
 def read_bytes(path: str) -> bytes | None:
@@ -27,7 +30,8 @@ def decode_rgb(data: bytes | None) -> np.ndarray | None:
     """Decode image bytes to an (H, W, 3) uint8 RGB array.
 
     Greyscale, palette, CMYK, alpha and 16-bit images are converted; zero-byte, truncated,
-    non-image and over-sized inputs return `None` so the caller can count and skip them.
+    non-image, over-sized (decompression bomb) and tiny (a side < MIN_IMAGE_SIDE) inputs return
+    `None` so the caller can count and skip them.
     """
     if not data:
         return None
@@ -35,7 +39,7 @@ def decode_rgb(data: bytes | None) -> np.ndarray | None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
+                if img.width * img.height > MAX_IMAGE_PIXELS or min(img.width, img.height) < MIN_IMAGE_SIDE:
                     return None
                 img.load()
                 if img.mode in ("I;16", "I;16B", "I;16L", "I"):

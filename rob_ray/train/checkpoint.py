@@ -1,20 +1,34 @@
 """Checkpoint files: one directory holding `state.pt` (everything to continue) + `meta.json`.
 
 Written to a temporary name and renamed, so a crash never leaves a half-written checkpoint
-under a real name; loading checks the file and falls back to an older one when it is damaged.
+under a real name; `meta.json` is written last and carries the SHA-256 and size of `state.pt`,
+so a copy that was cut short (Ray copies the directory into storage) is detected on load.
+Loading checks the file and falls back to an older one when it is damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "LocalCheckpoints", "load_state", "save_state"]
+__all__ = [
+    "CheckpointError",
+    "LocalCheckpoints",
+    "checkpoint_dirs",
+    "file_sha256",
+    "latest_good",
+    "load_state",
+    "save_state",
+    "unused_checkpoint_name",
+    "verify_checkpoint",
+]
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -24,26 +38,107 @@ class CheckpointError(RuntimeError):
     pass
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_durable(path: Path, write) -> None:
+    """Write via `<path>.tmp`, fsync, rename: readers see the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save_state(directory: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write `state` (tensors, numbers, strings, nested dicts/lists) and `meta` into `directory`."""
+    """Write `state` (tensors, numbers, strings, nested dicts/lists) and `meta` into `directory`.
+
+    `meta.json` goes last and records `state_sha256` / `state_bytes`: a directory without it,
+    or whose `state.pt` does not match it, is incomplete and `load_state` refuses it.
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, d / STATE_FILE)
-    (d / META_FILE).write_text(json.dumps(meta, indent=1))
+    _write_durable(d / STATE_FILE, lambda f: torch.save(state, f))
+    meta = {**meta, "state_sha256": file_sha256(d / STATE_FILE), "state_bytes": (d / STATE_FILE).stat().st_size}
+    _write_durable(d / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return d
+
+
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Check `state.pt` against `meta.json`; returns the meta. Raises CheckpointError."""
+    d = Path(directory)
+    f = d / STATE_FILE
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint '{d}' has no {STATE_FILE}")
+    try:
+        meta = json.loads((d / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint '{d}' is incomplete: {META_FILE} missing or unreadable "
+                              f"({type(exc).__name__})") from None
+    want = meta.get("state_sha256")
+    if want is None:  # written before checksums existed: only the unpickling check below applies
+        return meta
+    size = f.stat().st_size
+    if size != meta.get("state_bytes", size):
+        raise CheckpointError(f"checkpoint '{d}' is truncated: {STATE_FILE} has {size} bytes, "
+                              f"{meta['state_bytes']} were written")
+    if file_sha256(f) != want:
+        raise CheckpointError(f"checkpoint '{d}' is corrupt: {STATE_FILE} does not match its SHA-256 in {META_FILE}")
+    return meta
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
     """Read a checkpoint directory (weights_only: no arbitrary code runs). Raises CheckpointError."""
     f = Path(directory) / STATE_FILE
-    if not f.is_file():
-        raise CheckpointError(f"checkpoint '{directory}' has no {STATE_FILE}")
+    verify_checkpoint(directory)
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "unusable"
         raise CheckpointError(f"checkpoint '{directory}' is unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+_STEP_NAME = re.compile(r"step_(\d+)(?:_r(\d+))?$")
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders of a run, oldest first: Ray Train's `checkpoint_step_N[_rK]` and local
+    `checkpoints/step_N`, ordered by (step, rewrite K). Damaged ones are included."""
+    found = []
+    root = Path(run_dir)
+    for pattern in ("checkpoint_step_*", "checkpoints/step_*"):
+        for p in root.glob(pattern):
+            m = _STEP_NAME.search(p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), int(m.group(2) or 0), str(p), p))
+    return [p for *_, p in sorted(found)]
+
+
+def unused_checkpoint_name(run_dir: str | Path, step: int) -> str:
+    """`checkpoint_step_N`, or `..._rK` when that folder exists (a damaged checkpoint that was
+    skipped, or one whose report a crash lost): Ray's bookkeeping must never hold two
+    checkpoints at one path, or deleting the stale one would delete the new one."""
+    base = f"checkpoint_step_{step:08d}"
+    name, k = base, 0
+    while (Path(run_dir) / name).exists():
+        k += 1
+        name = f"{base}_r{k}"
+    return name
+
+
+def latest_good(candidates: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """Newest readable checkpoint among `candidates` (oldest first), reporting each damaged one."""
+    for path in reversed(candidates):
+        try:
+            return path, load_state(path)
+        except CheckpointError as exc:
+            print(f"[rob_ray] warning: {exc}; trying an older checkpoint", flush=True)
+    return None
 
 
 class LocalCheckpoints:
@@ -64,18 +159,18 @@ class LocalCheckpoints:
         if tmp.exists():
             shutil.rmtree(tmp)
         save_state(tmp, state, meta)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists():  # a damaged one we resumed past: move it aside, never delete before the swap
+            old = self.root / f".old_step_{step:08d}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         for old in self.list()[: -self.num_to_keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
         """Newest readable checkpoint, skipping (and reporting) damaged ones."""
-        for path in reversed(self.list()):
-            try:
-                return path, load_state(path)
-            except CheckpointError as exc:
-                print(f"[rob_ray] warning: {exc}; trying an older checkpoint", flush=True)
-        return None
+        return latest_good(self.list())

@@ -16,7 +16,15 @@ from rob_ray.data.policy import CropPolicy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.sources import ImageTable
 from rob_ray.storage import RunStorage
-from rob_ray.train.checkpoint import CheckpointError, LocalCheckpoints, load_state, save_state
+from rob_ray.train.checkpoint import (
+    CheckpointError,
+    LocalCheckpoints,
+    checkpoint_dirs,
+    latest_good,
+    load_state,
+    save_state,
+    unused_checkpoint_name,
+)
 
 __all__ = ["LocalContext", "RayTrainContext", "TrainContext"]
 
@@ -128,8 +136,16 @@ class RayTrainContext(TrainContext):
             with ckpt.as_directory() as d:
                 return load_state(d)
         except CheckpointError as exc:
-            print(f"[rob_ray] warning: {exc}; starting from scratch", flush=True)
+            print(f"[rob_ray] warning: {exc}; trying an older checkpoint of {self.run_dir}", flush=True)
+        # Ray's newest is damaged (e.g. cut short by a crash): the previous good one from the run
+        # folder (local or shared storage; Ray keeps run.num_to_keep of them).
+        bad = Path(ckpt.path).name
+        found = latest_good([p for p in checkpoint_dirs(self.run_dir) if p.name != bad])
+        if found is None:
+            print("[rob_ray] warning: no readable checkpoint left; starting from scratch", flush=True)
             return None
+        print(f"[rob_ray] resuming from {found[0]}", flush=True)
+        return found[1]
 
     def save(self, step, state, metrics):
         import ray.train
@@ -140,7 +156,7 @@ class RayTrainContext(TrainContext):
         with tempfile.TemporaryDirectory() as tmp:
             save_state(tmp, state, {"step": step, **_scalars(metrics)})
             ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_step_{step:08d}")
+                             checkpoint_dir_name=unused_checkpoint_name(self.run_dir, step))
         self.flush_outputs()
 
     def report(self, metrics):

@@ -5,7 +5,6 @@ colocated in every worker. Relaunching the same `run.name` resumes from its last
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from rob_ray.config import Config, ConfigError, config_to_dict, save_config
 from rob_ray.data.sources import ImageTable, scan_images
 from rob_ray.storage import RunStorage
-from rob_ray.train.checkpoint import load_state
+from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_state, verify_checkpoint
 
 __all__ = ["QUIET_ENV", "FitResult", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
 
@@ -170,15 +169,14 @@ def _check_cluster_fits(cfg: Config) -> None:
 
 
 def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:
-    """Newest checkpoint of a run, from Ray Train (`checkpoint_step_*`) or local (`checkpoints/step_*`)."""
-    run_dir = Path(run_dir)
-    found: list[tuple[int, Path]] = []
-    for pattern in ("checkpoint_step_*", "checkpoints/step_*"):
-        for p in run_dir.glob(pattern):
-            m = re.search(r"(\d+)$", p.name)
-            if m and (p / "state.pt").is_file():
-                found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+    """Newest intact checkpoint of a run, from Ray Train (`checkpoint_step_*`) or local (`checkpoints/step_*`)."""
+    for p in reversed(checkpoint_dirs(run_dir)):
+        try:
+            verify_checkpoint(p)
+            return p
+        except CheckpointError:
+            continue
+    return None
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
@@ -248,4 +246,8 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
     ckpt = latest_checkpoint_dir(run_dir)
     if ckpt is not None and not metrics:
         metrics = {k: v for k, v in load_state(ckpt).items() if k in ("step", "skipped_images")}
+    if metrics.get("stop_reason"):
+        from rob_ray.train.faults import TrainingStopped
+
+        raise TrainingStopped(metrics["stop_reason"])
     return FitResult(run_dir=run_dir, metrics=metrics, checkpoint_dir=ckpt, storage=storage)

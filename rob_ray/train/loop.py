@@ -21,8 +21,10 @@ from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import Views, build_method, build_models, needs_pretrained_teacher
+from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
 from rob_ray.train.fast_step import DevicePrefetcher, GpuViews, StageClock, Timed, allreduce_timing_hook, flops_per_image, mfu
+from rob_ray.train.faults import FaultInjector, NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
 from rob_ray.train.schedules import cosine_schedule
 
@@ -93,6 +95,10 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     optimizer = build_optimizer(cfg, student, fused=is_cuda)
 
     start, skipped = 0, 0
+    faults = FaultInjector.from_config(cfg.debug, ctx.run_dir, ctx.rank)
+    guard = NonFiniteGuard(cfg.run.max_nonfinite_steps, ctx.world_size)
+    best = BestCheckpoint(ctx.run_dir, cfg.run.checkpoint_score_metric, cfg.run.checkpoint_score_mode) \
+        if cfg.run.checkpoint_score_metric and ctx.rank == 0 else None
     state = ctx.load_latest()
     if state is not None:
         student.load_state_dict(state["student"])
@@ -103,6 +109,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         # The saved count is the all-ranks total: restore it on one rank only.
         start, skipped = int(state["step"]), int(state["skipped_images"]) if ctx.rank == 0 else 0
+        guard.load_state_dict(state.get("nonfinite"))
         if ctx.rank == 0:
             print(f"[rob_ray] resumed from step {start} (epoch {start // spe})", flush=True)
 
@@ -137,6 +144,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         timer.start("data/wait")
         batch = next(stream)
         timer.stop("data/wait")
+        faults.before_step(step + 1)
         timer.start("step")
         clock.start("augment")
         if gpu_views is not None:  # augment.device=gpu: crop, colour and normalise here, batched
@@ -170,17 +178,18 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 labels = labels[valid.to(labels.device)]
             views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
         clock.stop("augment")
+        guard.remember(student, method)
         with autocast():
             out = method(views, run_teacher, run_student, step)
-        loss = out.loss * weight
+        loss = faults.poison(out.loss * weight, step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clock.stop("student/forward_backward")
         clock.start("optimizer")
-        if cfg.optim.clip_grad:
-            nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
-        optimizer.step()
-        method.after_optimizer_step(step)
+        grad_norm = nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad else None
+        if guard.step_ok(loss, student.parameters(), grad_norm):  # same answer on every rank
+            optimizer.step()
+            method.after_optimizer_step(step)
         clock.stop("optimizer")
         timer.stop("step")
         step_images += len(valid)
@@ -188,6 +197,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         log_now = done % cfg.run.log_every_steps == 0 or done == end or done % spe == 0  # epoch ends: online k-NN
         epoch_end = done % spe == 0 and (done // spe) % cfg.run.checkpoint_every_epochs == 0
         ckpt_now = done % cfg.run.checkpoint_every_steps == 0 or epoch_end or done == end
+        ckpt_now = ckpt_now and (guard.in_a_row == 0 or done == end)  # mid-streak its step would say "past the fault"
+        log_now = log_now or ckpt_now or guard.should_stop
         if log_now or ckpt_now:
             if is_cuda:
                 torch.cuda.synchronize()
@@ -210,7 +221,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 **{f"time/{k}": v for k, v in clock.collect().items()},
                 "flops_per_image": flops_image,
                 **({"mfu": m} if (m := mfu(rate / ctx.world_size, flops_image, cfg.run.peak_tflops)) is not None else {}),
-                **method.extra_metrics(),
+                **method.extra_metrics(), "nonfinite_steps": guard.total,
                 **epoch_eval(done, student, views.globals_[: views.batch_size]),  # epoch ends only
             }
             if not math.isfinite(metrics["loss"]) and ctx.rank == 0:
@@ -218,13 +229,30 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             if writer is not None:
                 writer.write(metrics)
             window_t0, step_images = time.perf_counter(), 0
+            if guard.should_stop:  # weights untouched since the streak began: save them under that step
+                saved = done - guard.in_a_row
+                metrics["stop_reason"] = guard.stop_message(done, saved)
+                payload = _state(cfg, student, optimizer, method, saved, skipped_all, is_cuda) if ctx.rank == 0 else None
+                if payload is not None:
+                    payload["nonfinite"] = guard.state_dict()
+                ctx.save(saved, payload, metrics)
+                if ctx.rank == 0:
+                    print(f"[rob_ray] {metrics['stop_reason']}", flush=True)
+                break
             if ckpt_now:
                 payload = _state(cfg, student, optimizer, method, done, skipped_all, is_cuda) if ctx.rank == 0 else None
+                if payload is not None:
+                    payload["nonfinite"] = guard.state_dict()
+                    if best is not None:
+                        best.update(done, payload, metrics)
                 ctx.save(done, payload, metrics)
             else:
                 ctx.report(metrics)
     if writer is not None:
         writer.close()
+    if best is not None and not best.seen:
+        print(f"[rob_ray] warning: run.checkpoint_score_metric '{cfg.run.checkpoint_score_metric}' never appeared in "
+              f"the checkpoint metrics ({', '.join(sorted(metrics))}); no best checkpoint was kept", flush=True)
     ctx.flush_outputs()
     return metrics
 

@@ -40,7 +40,7 @@ def test_modes_convert_to_rgb(mode):
 
 
 def test_transparent_pixels_composite_on_white():
-    img = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    img = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
     assert (decode_rgb(_encode(img, "PNG")) == 255).all()
 
 
