@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rob_ray.errors import ConfigError
+
 __all__ = [
     "AugmentConfig",
     "Config",
@@ -37,10 +39,6 @@ __all__ = [
     "load_config",
     "save_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; its message is one line."""
 
 
 class StrictModel(BaseModel):
@@ -408,7 +406,8 @@ def format_validation_error(err: ValidationError) -> str:
     """One line for the first error: key, value, what is allowed."""
     e = err.errors()[0]
     loc = tuple(p for p in e["loc"])
-    key = ".".join(str(p) for p in loc if not (isinstance(p, str) and p in _method_names() and loc.index(p) == 1))
+    # A discriminated union adds the member's tag after "method" (method.dino.lr): drop it.
+    key = ".".join(str(p) for i, p in enumerate(loc) if not (i == 1 and loc[0] == "method" and p in _method_names()))
     key = key or "<root>"
     if e["type"] == "extra_forbidden":
         owner = _model_at(loc)

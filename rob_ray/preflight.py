@@ -16,7 +16,6 @@ import torch
 
 from rob_ray.config import Config, ConfigError
 from rob_ray.data.sources import ImageTable, scan_images
-from rob_ray.models.teachers.base import TeacherLoadError
 
 __all__ = ["Preflight", "check_teacher_fits", "estimate_worker_memory", "preflight"]
 
@@ -48,10 +47,7 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
             absent = " or ".join(m + "/" for m in missing)
             raise ConfigError(f"config error: data.eval_path = '{cfg.data.eval_path}' has no {absent} folder; "
                               "it must hold labelled train/ and val/ ImageFolders (or unset it)")
-    try:
-        teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
-    except TeacherLoadError as exc:
-        raise ConfigError(f"config error: {exc}") from None
+    teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
     if cfg.method.name == "kd" and cfg.method.alpha < 1 and bool((table.labels < 0).any()):
         raise ConfigError(
             f"config error: method.alpha = {cfg.method.alpha} uses labels, but {int((table.labels < 0).sum())} of "

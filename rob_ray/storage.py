@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from rob_ray.config import ConfigError
+from rob_ray.errors import ConfigError
 
 __all__ = ["RunStorage", "is_uri"]
 

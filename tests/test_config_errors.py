@@ -110,7 +110,7 @@ PREFLIGHT_CASES = [
     (["teacher.kind=nope"], TeacherLoadError, ["teacher.kind 'nope' is unknown", "efficientnet_lite0"]),
     (["teacher.kind=timm"], TeacherLoadError, ["teacher.kind=timm needs teacher.arch"]),
     (["student.arch=resnet_nonexistent"], StudentBuildError, ["student.arch 'resnet_nonexistent' is not a timm model"]),
-    (["student.head.out_dim=10"], ConfigError, ["student.head.out_dim = 10", "1000 prototypes", "set it to 1000"]),
+    (["student.head.out_dim=10"], ConfigError, ["student.head.out_dim = 10", "prototype count is 1000", "set it to 1000"]),
     (["data.path={d}/nope"], DataSourceError, ["data path '{d}/nope' does not exist", "data.path"]),
     (["data.path={d}/empty"], DataSourceError, ["no images found under '{d}/empty'"]),
     (["data.path={d}/notes.txt"], DataSourceError, ["is a file", "data.format=parquet"]),

@@ -34,11 +34,17 @@ def build_models(cfg: Config, teacher: Any = None) -> tuple[nn.Module, nn.Module
         return teacher, _swav_student(cfg, teacher)
     if name == "kd":
         return teacher, _kd_student(cfg, teacher)
+    from rob_ray.errors import ConfigError
+    from rob_ray.models.teachers.base import TeacherLoadError
     from rob_ray.models.teachers.headless import student_out_dim
 
     # Prototype methods size the head from the teacher's prototypes; `feature` from its embedding;
     # a headless teacher with a prototype method is refused there.
-    return teacher, build_student(cfg.student, out_dim=student_out_dim(name, teacher))
+    try:
+        out_dim = student_out_dim(name, teacher)
+    except TeacherLoadError as exc:  # a headless teacher with a prototype method: a config mistake
+        raise ConfigError(f"config error: {exc}") from None
+    return teacher, build_student(cfg.student, out_dim=out_dim)
 
 
 def _swav_student(cfg: Config, teacher: Any) -> nn.Module:

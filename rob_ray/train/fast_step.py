@@ -210,8 +210,9 @@ def flops_per_image(method: nn.Module, teacher: nn.Module, student: nn.Module, p
         return torch.randn(n * batch, 3, size, size, generator=gen).to(device)
 
     locals_ = crops(p.num_local, p.local_size) if p.num_local else None
-    views = Views(crops(p.num_global, p.global_size), locals_, torch.full((batch,), -1, device=device), batch,
-                  p.num_global)
+    # Class 0 labels: a supervised objective (kd) refuses unlabelled images, and counting needs none.
+    views = Views(crops(p.num_global, p.global_size), locals_, torch.zeros(batch, dtype=torch.long, device=device),
+                  batch, p.num_global)
     student_copy = copy.deepcopy(student).train()
     was_training = method.training
     method.eval()
