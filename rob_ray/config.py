@@ -21,6 +21,8 @@ __all__ = [
     "DataConfig",
     "DinoMethodConfig",
     "HeadConfig",
+    "IbotMethodConfig",
+    "MsnMethodConfig",
     "OptimConfig",
     "RunConfig",
     "ScalingConfig",
@@ -143,7 +145,57 @@ class DinoMethodConfig(StrictModel):
     pairing: Literal["same_view", "swapped"] = "same_view"
 
 
-MethodConfig = Annotated[DinoMethodConfig, Field(discriminator="name")]
+class IbotMethodConfig(StrictModel):
+    """RoB-iBOT: DINO's class-token term + masked-patch prediction against the teacher's patch tokens.
+
+    Masks (iBOT loader.py): per global crop, a ratio drawn from `pred_ratio` +- `pred_ratio_var`
+    (the published "0 0.3 / 0 0.2": 0 or U(0.1, 0.5)), filled with blocks of log-aspect-ratio in
+    log(`pred_aspect_ratio`). Needs an iBOT teacher (teacher.kind=ibot) and a ViT student.
+    """
+
+    name: Literal["ibot"] = "ibot"
+    teacher_temp: float = Field(0.07, gt=0)
+    teacher_patch_temp: float = Field(0.07, gt=0)
+    student_temp: float = Field(0.1, gt=0)
+    lambda1: float = Field(1.0, ge=0, description="weight of the class-token term")
+    lambda2: float = Field(1.0, ge=0, description="weight of the masked-patch term")
+    pairing: Literal["same_view", "swapped"] = "same_view"
+    pred_ratio: list[float] = Field([0.0, 0.3], min_length=1)
+    pred_ratio_var: list[float] = Field([0.0, 0.2], min_length=1)
+    pred_shape: Literal["block", "rand"] = "block"
+    pred_aspect_ratio: Range = (0.3, 1 / 0.3)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> IbotMethodConfig:
+        if len(self.pred_ratio_var) != len(self.pred_ratio):
+            raise ValueError(f"pred_ratio_var needs one entry per pred_ratio ({len(self.pred_ratio)}), "
+                             f"got {self.pred_ratio_var}")
+        for m, v in zip(self.pred_ratio, self.pred_ratio_var):
+            if not (0 <= v <= m and m + v < 1):
+                raise ValueError(f"mask ratio {m} +- {v} must satisfy 0 <= var <= ratio and ratio + var < 1")
+        if self.lambda1 + self.lambda2 == 0:
+            raise ValueError("lambda1 and lambda2 are both 0: nothing to learn")
+        return self
+
+
+class MsnMethodConfig(StrictModel):
+    """RoB-MSN: the student (token dropping on its global views) scored against the teacher's frozen
+    prototypes. Needs an MSN teacher (teacher.kind=msn) and a ViT student."""
+
+    name: Literal["msn"] = "msn"
+    teacher_temp: float = Field(0.025, gt=0, description="MSN: tau 0.1 sharpened with T 0.25")
+    student_temp: float = Field(0.1, gt=0)
+    mask_ratio: float = Field(0.15, ge=0, lt=1, description="fraction of patch tokens dropped (ViT-S 0.15, ViT-Tiny 0.10)")
+    pairing: Literal["same_view", "swapped"] = "same_view"
+    sinkhorn: bool = False
+    sinkhorn_iters: int = Field(3, ge=1)
+    me_max: bool = False
+    me_max_weight: float = Field(1.0, ge=0)
+    projector_hidden_dim: int = Field(2048, gt=0, description="student projector width (output = prototype width)")
+    projector_use_bn: bool = True
+
+
+MethodConfig = Annotated[DinoMethodConfig | IbotMethodConfig | MsnMethodConfig, Field(discriminator="name")]
 
 
 class OptimConfig(StrictModel):
@@ -200,9 +252,14 @@ class Config(StrictModel):
                 f"augment.local_size ({self.augment.local_size}) must not exceed augment.global_size "
                 f"({self.augment.global_size})"
             )
-        if self.method.name == "dino" and self.method.pairing == "swapped" and self.augment.num_global < 2 \
+        if getattr(self.method, "pairing", None) == "swapped" and self.augment.num_global < 2 \
                 and self.augment.num_local == 0:
             raise ValueError("method.pairing=swapped with one global and no local crop leaves no view pair")
+        if self.method.name in ("ibot", "msn") and not any(t in self.student.arch for t in ("vit", "deit")):
+            raise ValueError(
+                f"method.name={self.method.name} masks ViT patch tokens: student.arch must be a ViT "
+                f"(e.g. vit_small_patch16_224), got '{self.student.arch}'"
+            )
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         return self
@@ -262,7 +319,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def _method_names() -> set[str]:
-    return {"dino"}
+    return {"dino", "ibot", "msn"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

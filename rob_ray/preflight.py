@@ -45,6 +45,9 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
             f"use {max(patch, size - size % patch)}"
         )
     student = build_student(cfg.student, out_dim=teacher.num_prototypes)
+    from rob_ray.methods import build_method
+
+    build_method(cfg.method, teacher, student)  # method/teacher/student mismatches fail here, before Ray
     workers = max(cfg.scaling.num_workers, 1)
     try:
         schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)

@@ -39,6 +39,9 @@ def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k:
     untrained = build_student(cfg.student, out_dim=teacher.num_prototypes).eval()
     trained = build_student(cfg.student, out_dim=teacher.num_prototypes).eval()
     if checkpoint_dir is not None:
+        from rob_ray.methods import build_method
+
+        build_method(cfg.method, teacher, trained)  # iBOT/MSN add student parts (mask token, projector)
         trained.load_state_dict(load_state(checkpoint_dir)["student"])
     rows = []
     for name, model in (("student (RoB-trained)", trained), ("student (untrained)", untrained),

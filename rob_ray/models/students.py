@@ -51,7 +51,11 @@ class Student(nn.Module):
             return self.backbone.forward_head(feats, pre_logits=True)  # token models: their own pooling
         return self.backbone(x)
 
-    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, crops: list[torch.Tensor], **corruption):
+        if corruption:  # iBOT masks / MSN token dropping of the global views (ViT only)
+            from rob_ray.models.vit_tokens import forward_token_views
+
+            return forward_token_views(self, crops, **corruption)
         return self.head(torch.cat([self.embed(c) for c in crops]))
 
 
