@@ -101,7 +101,7 @@ class AugmentConfig(StrictModel):
 class TeacherConfig(StrictModel):
     """The frozen pretrained teacher: backbone + its SSL head (prototypes)."""
 
-    kind: str = Field("efficientnet_lite0", description="teacher builder: efficientnet_lite0 | timm | dino | state_dict")
+    kind: str = Field("efficientnet_lite0", description="builder: efficientnet_lite0 | timm | dino | ibot | msn | state_dict")
     arch: str | None = Field(None, description="timm architecture (e.g. vit_small_patch16_224) for timm/dino/state_dict")
     checkpoint: str | None = Field(None, description="local weights file (.pth/.pt/.safetensors)")
     pretrained: bool = Field(False, description="kind=timm: fetch timm's pretrained weights (needs network or a cache)")

@@ -34,7 +34,8 @@ def feature_width(backbone: nn.Module, feature: str) -> int:
 class Student(nn.Module):
     """Backbone + projector. `forward(crops)` takes a list of (N, 3, S, S) tensors (one per
     resolution group) and returns the concatenated (sum N, K) head outputs, one backbone call
-    per resolution as in DINO's MultiCropWrapper."""
+    per resolution as in DINO's MultiCropWrapper. Keyword arguments (`global_mask`, `global_keep`,
+    `return_patches`) corrupt the first (global) group of a ViT: see `rob_ray.models.vit_tokens`."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, feature: str = "pre_logits") -> None:
         super().__init__()
