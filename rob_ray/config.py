@@ -26,7 +26,9 @@ __all__ = [
     "EvalConfig",
     "FeatureMethodConfig",
     "HeadConfig",
+    "IbotMethodConfig",
     "KDMethodConfig",
+    "MsnMethodConfig",
     "OptimConfig",
     "RunConfig",
     "ScalingConfig",
@@ -132,7 +134,7 @@ class TeacherConfig(StrictModel):
     """The frozen pretrained teacher: backbone + its SSL head (prototypes)."""
 
     name: str | None = Field(None, description="a catalogue name (`experiments/run.py teachers`); sets kind/arch/file")
-    kind: str = Field("efficientnet_lite0", description="teacher builder: efficientnet_lite0 | timm | dino | state_dict | ...")
+    kind: str = Field("efficientnet_lite0", description="teacher builder: dino, ibot, msn, swav, timm, state_dict, ...")
     arch: str | None = Field(None, description="timm architecture (e.g. vit_small_patch16_224) for timm/dino/state_dict")
     checkpoint: str | None = Field(None, description="local weights file (.pth/.pt/.safetensors)")
     pretrained: bool = Field(False, description="kind=timm: fetch timm's pretrained weights (needs network or a cache)")
@@ -226,8 +228,59 @@ class ScratchDinoMethodConfig(StrictModel):
     pairing: Literal["same_view", "swapped"] = "swapped"
 
 
+class IbotMethodConfig(StrictModel):
+    """RoB-iBOT: DINO's class-token term + masked-patch prediction against the teacher's patch tokens.
+
+    Masks (iBOT loader.py): per global crop, a ratio drawn from `pred_ratio` +- `pred_ratio_var`
+    (the published "0 0.3 / 0 0.2": 0 or U(0.1, 0.5)), filled with blocks of log-aspect-ratio in
+    log(`pred_aspect_ratio`). Needs an iBOT teacher (teacher.kind=ibot) and a ViT student.
+    """
+
+    name: Literal["ibot"] = "ibot"
+    teacher_temp: float = Field(0.07, gt=0)
+    teacher_patch_temp: float = Field(0.07, gt=0)
+    student_temp: float = Field(0.1, gt=0)
+    lambda1: float = Field(1.0, ge=0, description="weight of the class-token term")
+    lambda2: float = Field(1.0, ge=0, description="weight of the masked-patch term")
+    pairing: Literal["same_view", "swapped"] = "same_view"
+    pred_ratio: list[float] = Field([0.0, 0.3], min_length=1)
+    pred_ratio_var: list[float] = Field([0.0, 0.2], min_length=1)
+    pred_shape: Literal["block", "rand"] = "block"
+    pred_aspect_ratio: Range = (0.3, 1 / 0.3)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> IbotMethodConfig:
+        if len(self.pred_ratio_var) != len(self.pred_ratio):
+            raise ValueError(f"pred_ratio_var needs one entry per pred_ratio ({len(self.pred_ratio)}), "
+                             f"got {self.pred_ratio_var}")
+        for m, v in zip(self.pred_ratio, self.pred_ratio_var):
+            if not (0 <= v <= m and m + v < 1):
+                raise ValueError(f"mask ratio {m} +- {v} must satisfy 0 <= var <= ratio and ratio + var < 1")
+        if self.lambda1 + self.lambda2 == 0:
+            raise ValueError("lambda1 and lambda2 are both 0: nothing to learn")
+        return self
+
+
+class MsnMethodConfig(StrictModel):
+    """RoB-MSN: the student (token dropping on its global views) scored against the teacher's frozen
+    prototypes. Needs an MSN teacher (teacher.kind=msn) and a ViT student."""
+
+    name: Literal["msn"] = "msn"
+    teacher_temp: float = Field(0.025, gt=0, description="MSN: tau 0.1 sharpened with T 0.25")
+    student_temp: float = Field(0.1, gt=0)
+    mask_ratio: float = Field(0.15, ge=0, lt=1, description="fraction of patch tokens dropped (ViT-S 0.15, ViT-Tiny 0.10)")
+    pairing: Literal["same_view", "swapped"] = "same_view"
+    sinkhorn: bool = False
+    sinkhorn_iters: int = Field(3, ge=1)
+    me_max: bool = False
+    me_max_weight: float = Field(1.0, ge=0)
+    projector_hidden_dim: int = Field(2048, gt=0, description="student projector width (output = prototype width)")
+    projector_use_bn: bool = True
+
+
 MethodConfig = Annotated[
-    DinoMethodConfig | FeatureMethodConfig | SwavMethodConfig | KDMethodConfig | ScratchDinoMethodConfig,
+    DinoMethodConfig | IbotMethodConfig | MsnMethodConfig | SwavMethodConfig | KDMethodConfig | FeatureMethodConfig
+    | ScratchDinoMethodConfig,
     Field(discriminator="name"),
 ]
 
@@ -355,6 +408,11 @@ class Config(StrictModel):
                              f"({self.method.out_dim}); set only method.out_dim for dino_scratch")
         if self.eval.online_knn_every_epochs and not self.eval.online_knn_path:
             raise ValueError("eval.online_knn_every_epochs needs eval.online_knn_path (a labelled train/ + val/ folder)")
+        if self.method.name in ("ibot", "msn") and not any(t in self.student.arch for t in ("vit", "deit")):
+            raise ValueError(
+                f"method.name={self.method.name} masks ViT patch tokens: student.arch must be a ViT "
+                f"(e.g. vit_small_patch16_224), got '{self.student.arch}'"
+            )
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         for key, res in (("data.actor_resources", self.data.actor_resources),
@@ -435,7 +493,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def _method_names() -> set[str]:
-    return {"dino", "feature", "swav", "kd", "dino_scratch"}
+    return {"dino", "ibot", "msn", "swav", "kd", "feature", "dino_scratch"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -54,6 +54,9 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
             f"{len(table)} images under '{cfg.data.path}' have none; use a labelled ImageFolder (or "
             "data.parquet_label_column) or set method.alpha=1"
         )
+    from rob_ray.methods import build_method
+
+    build_method(cfg.method, teacher, student)  # method/teacher/student mismatches fail here, before Ray
     compat = check_compatibility(cfg, teacher, student)  # shapes, patch sizes, normalisation, method needs, memory
     if compat.errors:
         raise ConfigError(compat.errors[0])

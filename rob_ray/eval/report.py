@@ -40,6 +40,9 @@ def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k:
     untrained.eval(), trained.eval()
     mean, std = teacher.mean, teacher.std
     if checkpoint_dir is not None:
+        from rob_ray.methods import build_method
+
+        build_method(cfg.method, teacher, trained)  # iBOT/MSN add student parts (mask token, projector)
         state = load_state(checkpoint_dir)
         trained.load_state_dict(state["student"])
         if not needs_pretrained_teacher(cfg.method):

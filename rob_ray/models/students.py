@@ -34,7 +34,8 @@ def feature_width(backbone: nn.Module, feature: str) -> int:
 class Student(nn.Module):
     """Backbone + projector. `forward(crops)` takes a list of (N, 3, S, S) tensors (one per
     resolution group) and returns the concatenated (sum N, K) head outputs, one backbone call
-    per resolution as in DINO's MultiCropWrapper."""
+    per resolution as in DINO's MultiCropWrapper. Keyword arguments (`global_mask`, `global_keep`,
+    `return_patches`) corrupt the first (global) group of a ViT: see `rob_ray.models.vit_tokens`."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, feature: str = "pre_logits") -> None:
         super().__init__()
@@ -51,7 +52,11 @@ class Student(nn.Module):
             return self.backbone.forward_head(feats, pre_logits=True)  # token models: their own pooling
         return self.backbone(x)
 
-    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, crops: list[torch.Tensor], **corruption):
+        if corruption:  # iBOT masks / MSN token dropping of the global views (ViT only)
+            from rob_ray.models.vit_tokens import forward_token_views
+
+            return forward_token_views(self, crops, **corruption)
         return self.head(torch.cat([self.embed(c) for c in crops]))
 
 

@@ -216,8 +216,11 @@ def flops_per_image(method: nn.Module, teacher: nn.Module, student: nn.Module, p
     student_copy = copy.deepcopy(student).train()
     was_training = method.training
     method.eval()
+    # fork_rng: methods that draw masks from torch's RNG must not shift the run's random stream
+    # (this runs after a resumed run restored its RNG state).
+    devices = [device] if torch.device(device).type == "cuda" else []
     try:
-        with FlopCounterMode(display=False) as counter:
+        with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
             with autocast():
                 out = method(views, teacher, student_copy, 0)
             out.loss.backward()

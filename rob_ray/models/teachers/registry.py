@@ -30,7 +30,7 @@ def list_teachers() -> list[str]:
 
 def _import_builders() -> None:
     # Lazy: importing a builder module registers it; none of them is imported before it is needed.
-    from rob_ray.models.teachers import dino, efficientnet_lite, state_dict, swav, timm_teacher  # noqa: F401
+    from rob_ray.models.teachers import dino, efficientnet_lite, ibot, msn, state_dict, swav, timm_teacher  # noqa: F401
 
 
 def build_teacher(cfg: TeacherConfig) -> Teacher:
