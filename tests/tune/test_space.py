@@ -45,3 +45,12 @@ def test_best_trial_uses_best_seen_value():
     assert best_trial(trials, "m", "max")["params"] == {"a": 1}
     assert best_trial(trials, "m", "min")["params"] == {"a": 1}
     assert best_trial(trials, "nope", "max") is None
+
+
+@pytest.mark.parametrize("name", ["sweep_demo", "sweep_dino_vits16_to_vittiny"])
+def test_shipped_sweep_configs_validate(name):
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "experiments" / "configs" / f"{name}.yaml")
+    parsed = check_space(config_to_dict(cfg), cfg.tune.search_space)
+    assert "optim.lr" in parsed and cfg.tune.metric == "online_knn_top1" and cfg.eval.online_knn_every_epochs >= 1
