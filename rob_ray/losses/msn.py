@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.sinkhorn import sinkhorn_knopp
 
 __all__ = ["MsnLoss", "msn_sinkhorn"]
 
@@ -33,22 +34,12 @@ def _distributed() -> bool:
 @torch.no_grad()
 def msn_sinkhorn(probs: torch.Tensor, iters: int = 3) -> torch.Tensor:
     """(N, K) probabilities -> (N, K) rows summing to 1 with (approximately) equal prototype mass,
-    rows/columns normalised over the samples of all ranks (MSN `distributed_sinkhorn`)."""
-    q = probs.float().T.clone()  # (K, N)
-    k, n = q.shape
-    world = dist.get_world_size() if _distributed() else 1
-    total_n = n * world
-    total = q.sum()
-    if world > 1:
-        dist.all_reduce(total)
-    q /= total
-    for _ in range(iters):
-        rows = q.sum(dim=1, keepdim=True)  # mass per prototype
-        if world > 1:
-            dist.all_reduce(rows)
-        q /= rows * k
-        q /= q.sum(dim=0, keepdim=True) * total_n  # mass per sample
-    return (q * total_n).T
+    rows/columns normalised over the samples of all ranks (MSN `distributed_sinkhorn`).
+
+    MSN's Sinkhorn on probabilities is the shared Sinkhorn-Knopp on log-probabilities with
+    epsilon = 1: exp(log p) = p, and the per-batch constant it subtracts cancels.
+    """
+    return sinkhorn_knopp(torch.log(probs.float()), epsilon=1.0, iterations=iters)
 
 
 class _AllReduceMean(torch.autograd.Function):
