@@ -29,8 +29,17 @@ from rob_ray.data.batched_augment import BatchedMultiCrop
 from rob_ray.data.policy import CropPolicy
 from rob_ray.methods.base import Views
 
-__all__ = ["DevicePrefetcher", "GpuViews", "StageClock", "Timed", "allreduce_timing_hook", "flops_per_image", "mfu",
+__all__ = ["DevicePrefetcher", "GpuViews", "StageClock", "Timed", "allreduce_timing_hook", "flops_per_image", "host_tensor",
+           "mfu",
            "step_generator"]
+
+
+def host_tensor(x: Any) -> torch.Tensor:
+    """A batch column as a tensor. Ray Data hands out read-only numpy views, which torch would
+    wrap with a warning: those get one cheap copy (uint8 crops, labels)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = np.array(x)
+    return torch.as_tensor(x)
 
 
 class StageClock:
@@ -179,9 +188,9 @@ class GpuViews:
         (DevicePrefetcher) or host arrays."""
         valid = np.asarray(batch["valid"], dtype=bool)
         n_bad = int((~valid).sum())  # host numpy: no device sync
-        images = torch.as_tensor(batch["image"]).to(self.device)
+        images = host_tensor(batch["image"]).to(self.device)
         sizes = torch.as_tensor(np.asarray(batch["size"]))
-        labels = torch.as_tensor(batch["label"])
+        labels = host_tensor(batch["label"])
         if 0 < n_bad < len(valid):
             good = np.flatnonzero(valid)
             rows = torch.as_tensor(np.where(valid, np.arange(len(valid)), good[np.arange(len(valid)) % len(good)]))

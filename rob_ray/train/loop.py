@@ -23,7 +23,16 @@ from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import Views, build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
-from rob_ray.train.fast_step import DevicePrefetcher, GpuViews, StageClock, Timed, allreduce_timing_hook, flops_per_image, mfu
+from rob_ray.train.fast_step import (
+    DevicePrefetcher,
+    GpuViews,
+    StageClock,
+    Timed,
+    allreduce_timing_hook,
+    flops_per_image,
+    host_tensor,
+    mfu,
+)
 from rob_ray.train.faults import FaultInjector, NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
 from rob_ray.train.schedules import cosine_schedule
@@ -160,8 +169,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             valid = torch.as_tensor(np.asarray(batch["valid"]))
             n_bad = int((~valid).sum())
             skipped += n_bad
-            gl = torch.as_tensor(batch["global"]).to(device, non_blocking=True)  # a no-op once prefetched
-            lo = torch.as_tensor(batch["local"]).to(device, non_blocking=True)
+            gl = host_tensor(batch["global"]).to(device, non_blocking=True)  # a no-op once prefetched
+            lo = host_tensor(batch["local"]).to(device, non_blocking=True)
             weight = 1.0
             if 0 < n_bad < len(valid):
                 keep = valid.to(device)
@@ -173,7 +182,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 group["lr"] = float(lr_sched[step])
                 if group["regularized"]:
                     group["weight_decay"] = float(wd_sched[step])
-            labels = torch.as_tensor(batch["label"])
+            labels = host_tensor(batch["label"])
             if 0 < n_bad < len(valid):
                 labels = labels[valid.to(labels.device)]
             views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
