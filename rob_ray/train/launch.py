@@ -14,7 +14,8 @@ from rob_ray.data.sources import ImageTable, scan_images
 from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_state, verify_checkpoint
 
-__all__ = ["QUIET_ENV", "FitResult", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir", "resource_plan"]
+__all__ = ["QUIET_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir",
+           "resource_plan"]
 
 # Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; malloc settings
 # that removed ~300k page faults per step on CPU here (shared/README.md: 1.6x on a RoB step).
@@ -152,6 +153,19 @@ def _object_store_default() -> int:
         return 1 << 30
 
 
+def busy_warning(cfg: Config, available: dict[str, float], nodes: list[dict[str, float]]) -> str | None:
+    """A warning when the cluster could hold the run but other work holds what it needs right now.
+
+    The run then waits for those resources; two runs that each hold a training worker and wait
+    for a data actor CPU on a small cluster wait on each other forever. Pure function.
+    """
+    short = cluster_shortfalls(cfg, available, nodes)
+    if not short:
+        return None
+    return (f"[rob_ray] warning: other work on this cluster holds what the run needs now ({'; '.join(short)} "
+            "free); it will wait for it - on a small cluster, two runs can wait on each other forever")
+
+
 def _check_cluster_fits(cfg: Config) -> None:
     import ray
 
@@ -159,6 +173,8 @@ def _check_cluster_fits(cfg: Config) -> None:
         return
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     short = cluster_shortfalls(cfg, ray.cluster_resources(), nodes)
+    if not short and (warning := busy_warning(cfg, ray.available_resources(), nodes)):
+        print(warning, flush=True)
     if short:
         plan = resource_plan(cfg)
         raise ConfigError(

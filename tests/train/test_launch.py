@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rob_ray.config import load_config
-from rob_ray.train.launch import _job_env_var_names, cluster_shortfalls, resource_plan
+from rob_ray.train.launch import _job_env_var_names, busy_warning, cluster_shortfalls, resource_plan
 
 GPU_RUN = ["scaling.num_workers=16", "scaling.use_gpu=true", "scaling.cpus_per_worker=8", "scaling.gpus_per_worker=1",
            "scaling.workers_per_node=8", "data.num_actors=2", "data.cpus_per_actor=4", "data.actor_resources={data_cpu: 4}"]
@@ -49,3 +49,12 @@ def test_job_env_vars_are_read_from_the_job_config(monkeypatch):
     assert _job_env_var_names() == {"A", "B"}
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert _job_env_var_names() == set()
+
+
+def test_busy_cluster_warns_before_waiting():
+    # The demo plan (1 training CPU + 1 data CPU) on a 2-CPU node where another run holds 1.5 CPUs.
+    cfg = load_config(None, ["scaling.num_workers=1", "scaling.cpus_per_worker=1", "data.cpus_per_actor=1"])
+    nodes = [{"CPU": 2.0}]
+    assert busy_warning(cfg, {"CPU": 2.0}, nodes) is None
+    msg = busy_warning(cfg, {"CPU": 0.5}, nodes)
+    assert msg is not None and "2 CPU (cluster has 0.5)" in msg and "wait on each other" in msg
