@@ -8,6 +8,7 @@ folder. Errors are turned into one line naming the key, the value and what is al
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -493,7 +494,9 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def _method_names() -> set[str]:
-    return {"dino", "ibot", "msn", "swav", "kd", "feature", "dino_scratch"}
+    """The `name` tags of the MethodConfig union (derived, so a new method needs no second list)."""
+    members = typing.get_args(typing.get_args(MethodConfig)[0])
+    return {m.model_fields["name"].default for m in members}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
