@@ -133,3 +133,16 @@ def test_cli_dry_run_prints_config_and_plan():
     assert plan["workers"] == 2 and plan["train_cpus"] == 1.0 and plan["teacher_prototypes"] == 1000
     assert plan["images"] == 1000 and plan["global_batch"] == 128
     assert yaml.safe_load(out.split("# plan\n", 1)[0])["scaling"]["num_workers"] == 2
+
+
+def test_scientific_notation_is_a_float_everywhere(tmp_path):
+    # PyYAML (YAML 1.1) would read these as strings; a search space would then be rejected.
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("optim: {lr: 1e-3, min_lr: 1E-6}\ntune:\n  search_space:\n    optim.lr: {loguniform: [1e-4, 3e-3]}\n")
+    cfg = load_config(cfg_file, ["optim.weight_decay=5e-2"])
+    assert cfg.optim.lr == 1e-3 and cfg.optim.min_lr == 1e-6 and cfg.optim.weight_decay == 0.05
+    assert cfg.tune.search_space["optim.lr"] == {"loguniform": [1e-4, 3e-3]}
+    from rob_ray.config import config_to_dict
+    from rob_ray.tune import check_space
+
+    assert check_space(config_to_dict(cfg), cfg.tune.search_space)["optim.lr"] == ("loguniform", (1e-4, 3e-3))
