@@ -29,7 +29,12 @@ def build_models(cfg: Config, teacher: Any = None) -> tuple[nn.Module, nn.Module
         student = build_student(cfg.student, out_dim=cfg.method.out_dim)
         return EmaTeacher(student, cfg.method.out_dim), student
     if teacher is None:
-        teacher = build_teacher(cfg.teacher)
+        import torch
+
+        # The teacher's construction must not consume the global RNG: the student's initial weights
+        # then depend on the seed alone, so the k-NN report's "untrained" student is the run's step 0.
+        with torch.random.fork_rng(devices=[]):
+            teacher = build_teacher(cfg.teacher)
     if name == "swav":
         return teacher, _swav_student(cfg, teacher)
     if name == "kd":

@@ -18,7 +18,8 @@ def test_online_knn_is_in_metrics_at_each_epoch_end(tiny_run):
     knn_rows = [r for r in rows if "online_knn_top1" in r]
     assert [r["step"] for r in knn_rows] == [5, 10] and [r["online_knn_epoch"] for r in knn_rows] == [1.0, 2.0]
     for r in knn_rows:
-        assert 0.0 <= r["online_knn_top1"] <= 100.0 and r["online_knn_top1"] % 5 == 0  # 20 queries: 5 % steps
+        top1 = r["online_knn_top1"]  # 20 queries: a multiple of 5 %, up to float32 rounding
+        assert 0.0 <= top1 <= 100.0 and abs(top1 / 5 - round(top1 / 5)) < 1e-5
         assert 0 < r["embedding_std"] < 1 and r["embedding_std_healthy"] > 0 and r["probe_prototypes_used"] >= 1
     assert all("online_knn_top1" not in r for r in rows if r["step"] % 5)  # not between epoch ends
 
