@@ -36,8 +36,12 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     from rob_ray.compat import check_compatibility, summary
     from rob_ray.data.schedule import SampleSchedule
     from rob_ray.methods import build_models
+    from rob_ray.storage import is_uri
     from rob_ray.train.launch import resource_plan
+    from rob_ray.train.resume import check_resumable
 
+    if not is_uri(cfg.run.storage_path):  # a URI run's old config is pulled and checked by fit()
+        check_resumable(cfg, cfg.run_dir())
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)

@@ -13,6 +13,7 @@ from rob_ray.config import Config, ConfigError, config_to_dict, save_config
 from rob_ray.data.sources import ImageTable, scan_images
 from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_state, verify_checkpoint
+from rob_ray.train.resume import check_resumable
 
 __all__ = ["QUIET_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir",
            "resource_plan"]
@@ -219,6 +220,7 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
     storage.pull()  # a resumed URI run: earlier metrics (and local-mode checkpoints) come back first
+    check_resumable(cfg, run_dir)  # before the new config overwrites the one its checkpoints were made with
     save_config(cfg, run_dir / "config.yaml")
     storage.push()
     init_ray(cfg)
@@ -236,7 +238,7 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
                            prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
         metrics = train_loop(cfg, ctx, len(table))
     else:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         resources = {**cfg.scaling.worker_resources, "CPU": cfg.scaling.cpus_per_worker}
@@ -253,7 +255,10 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
             run_config=RunConfig(name=cfg.run.name, storage_path=storage.storage_path,
                                  failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
-                                 callbacks=callbacks),
+                                 callbacks=callbacks,
+                                 # Ray Train's INFO lines (resource requests, each checkpoint) would bury
+                                 # the one-line progress; warnings and errors still show.
+                                 logging_config=LoggingConfig(log_level="WARNING")),
         )
         result = trainer.fit()
         metrics = dict(result.metrics or {})
