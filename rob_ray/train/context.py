@@ -3,6 +3,7 @@ whole training loop runs in a CPU unit test without a cluster (and on a GPU box 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,7 @@ class RayTrainContext(TrainContext):
         import ray.train
         import ray.train.torch
 
+        _quiet_report_logs()
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -155,14 +157,29 @@ class RayTrainContext(TrainContext):
             return
         with tempfile.TemporaryDirectory() as tmp:
             save_state(tmp, state, {"step": step, **_scalars(metrics)})
+            name = unused_checkpoint_name(self.run_dir, step)
             ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=unused_checkpoint_name(self.run_dir, step))
+                             checkpoint_dir_name=name)
+        where = self.storage.uri if self.storage is not None else str(self.run_dir)
+        print(f"[rob_ray] saved {name} in {where}", flush=True)
         self.flush_outputs()
 
     def report(self, metrics):
         import ray.train
 
         ray.train.report(_scalars(metrics))
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train V2 logs every `ray.train.report` call, metrics dict and all, at INFO through a logger
+    named after its file path, which `LoggingConfig` does not reach; the progress line says the same."""
+    try:
+        from ray.train.v2._internal.execution import context as ray_train_context
+    except ImportError:  # a Ray without that module: nothing to quiet
+        return
+    logger = getattr(ray_train_context, "logger", None)
+    if isinstance(logger, logging.Logger):
+        logger.setLevel(logging.WARNING)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:

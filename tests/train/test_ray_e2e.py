@@ -129,6 +129,9 @@ def test_train_job_joins_the_head_and_writes_to_the_storage_uri(ray_head, train_
     assert re.search(rf"\[rob_ray\] Ray: joined the running cluster at [\w.\-]+:{ray_head['gcs_port']} "
                      r"\(1 node\(s\), 2 CPU, 0 GPU\)", log), log[-3000:]
     assert "started a local Ray" not in log
+    # The console carries rob_ray's compact lines, not Ray Train's per-report INFO dump.
+    assert "Reporting training result" not in log and "TrainingReport(" not in log, log[-3000:]
+    assert f"[rob_ray] saved checkpoint_step_00000003 in file://{train_job['root'] / 'bucket'}/job" in log, log[-3000:]
     run_dir = train_job["run_dir"]
     assert (run_dir / "config.yaml").is_file()
     assert _steps(run_dir) == [1, 2, 3]
