@@ -40,8 +40,6 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     from rob_ray.train.launch import resource_plan
     from rob_ray.train.resume import check_resumable
 
-    if not is_uri(cfg.run.storage_path):  # a URI run's old config is pulled and checked by fit()
-        check_resumable(cfg, cfg.run_dir())
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
@@ -64,6 +62,8 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     compat = check_compatibility(cfg, teacher, student)  # shapes, patch sizes, normalisation, method needs, memory
     if compat.errors:
         raise ConfigError(compat.errors[0])
+    if not is_uri(cfg.run.storage_path):  # a URI run's old config is pulled and checked by fit()
+        check_resumable(cfg, cfg.run_dir())  # after the model checks: a typo'd arch is named as such
     workers = max(cfg.scaling.num_workers, 1)
     try:
         schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)

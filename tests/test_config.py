@@ -114,8 +114,9 @@ def test_saved_config_round_trips(tmp_path):
     ("data.path=/nonexistent/images", "data path '/nonexistent/images' does not exist"),
     ("teacher.kind=nope", "teacher.kind 'nope' is unknown"),
 ])
-def test_cli_user_errors_exit_2_with_one_line(override, needle):
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "train", "--dry-run", override],
+def test_cli_user_errors_exit_2_with_one_line(override, needle, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "train", "--dry-run", override,
+                           f"run.storage_path={tmp_path}"],  # not the checkout's runs/ (a demo run may be there)
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -123,9 +124,9 @@ def test_cli_user_errors_exit_2_with_one_line(override, needle):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_dry_run_prints_config_and_plan():
+def test_cli_dry_run_prints_config_and_plan(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), "train", "--dry-run",
-                           "scaling.num_workers=2", "scaling.cpus_per_worker=0.5"],
+                           "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", f"run.storage_path={tmp_path}"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -68,5 +68,5 @@ def test_unreadable_old_config_is_named(tmp_path):
     cfg = load_config(None, [*TINY, f"run.storage_path={tmp_path}", "run.name=r"])
     cfg.run_dir().mkdir(parents=True)
     (cfg.run_dir() / "config.yaml").write_text("student: [unclosed\n")
-    with pytest.raises(ConfigError, match="unreadable config.yaml; choose a new run.name"):
+    with pytest.raises(ConfigError, match=r"unreadable config\.yaml; choose a new run\.name"):
         check_resumable(cfg, cfg.run_dir())
