@@ -40,16 +40,21 @@ def _csv(text: str) -> list[str]:
 def eval_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from rob_ray.cli import _user_errors
+    from rob_ray.errors import EvalInputError
     from rob_ray.eval.runner import evaluate
     from rob_ray.train.checkpoint import CheckpointError
 
     try:
-        ks = [int(k) for k in _csv(args.k)]
+        try:
+            ks = [int(k) for k in _csv(args.k)]
+        except ValueError:
+            raise EvalInputError(f"--k '{args.k}' must be a comma list of integers (e.g. 10,20,100,200)") from None
         results = evaluate(args.checkpoint, args.data, protocols=_csv(args.protocol), models=_csv(args.models),
                            engine=args.engine, size=args.size, feature=args.feature, ks=ks,
                            max_images=args.max_images, linear_kwargs={"epochs": args.linear_epochs},
                            lowshot_kwargs={"num_draws": args.draws}, num_actors=args.num_actors, out_dir=args.out)
-    except (*_user_errors(), CheckpointError, ValueError) as exc:
+    # Only errors about the user's input: any other exception is a bug and keeps its traceback.
+    except (*_user_errors(), CheckpointError, EvalInputError) as exc:
         print(f"eval error: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__, file=sys.stderr)
         return EXIT_USER_ERROR
     print(results["table"])

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from rob_ray.errors import EvalInputError
+
 __all__ = ["FEATURES", "EmbedSpec", "Embedder", "build_embedder", "resolve_checkpoint"]
 
 FEATURES = ("auto", "pooled", "cls", "last4_cls")
@@ -73,7 +75,7 @@ def _token_features(backbone: nn.Module, feature: str):
             return f[:, getattr(backbone, "num_prefix_tokens", 1):].mean(1)
         return pooled
     if not hasattr(backbone, "forward_intermediates") or getattr(backbone, "cls_token", None) is None:
-        raise ValueError(f"feature '{feature}' needs a ViT with a CLS token; {type(backbone).__name__} has none "
+        raise EvalInputError(f"feature '{feature}' needs a ViT with a CLS token; {type(backbone).__name__} has none "
                          "(use feature=auto or pooled)")
     if feature == "cls":
         return lambda x: backbone.forward_features(x)[:, 0]
@@ -98,7 +100,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = latest_checkpoint_dir(p)
         if found is not None:
             return found
-    raise ValueError(f"'{path}' is not a run folder with checkpoints, a checkpoint folder or a state.pt file; "
+    raise EvalInputError(f"'{path}' is not a run folder with checkpoints, a checkpoint folder or a state.pt file; "
                      "pass --checkpoint runs/<name> or a checkpoint_step_* folder")
 
 
@@ -114,7 +116,7 @@ def build_embedder(spec: EmbedSpec, device: str | torch.device = "cpu") -> Embed
     from rob_ray.config import Config
 
     if spec.feature not in FEATURES:
-        raise ValueError(f"feature '{spec.feature}' is unknown; choose one of {', '.join(FEATURES)}")
+        raise EvalInputError(f"feature '{spec.feature}' is unknown; choose one of {', '.join(FEATURES)}")
     if spec.kind == "timm":
         import timm
 

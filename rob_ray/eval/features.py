@@ -14,6 +14,7 @@ import torchvision.transforms.v2.functional as TF
 
 from rob_ray.data.decode import decode_rgb
 from rob_ray.data.sources import ImageTable
+from rob_ray.errors import EvalInputError
 
 __all__ = ["embed_uint8", "eval_tensor", "extract_features", "load_eval_images"]
 
@@ -69,5 +70,5 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], table: Image
         feats.append(embed_uint8(embed, images[torch.from_numpy(ok)], mean, std, device, channels_last))
         labels.append(torch.from_numpy(table.labels[idx[ok]]))
     if not feats:
-        raise ValueError("no readable images to embed")
+        raise EvalInputError("no readable images to embed")
     return torch.cat(feats), torch.cat(labels).long()

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rob_ray.errors import EvalInputError
+
 __all__ = ["KNN_KS", "knn_accuracies", "knn_predict", "knn_top1"]
 
 KNN_KS = (10, 20, 100, 200)
@@ -36,7 +38,7 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_f
         k: neighbours (clipped to N_train). temperature: vote sharpness T.
     """
     if train_features.shape[0] == 0:
-        raise ValueError("k-NN needs a non-empty memory bank")
+        raise EvalInputError("k-NN needs a non-empty memory bank")
     c = int(num_classes or int(train_labels.max()) + 1)
     k = min(k, train_features.shape[0])
     bank = F.normalize(train_features.float(), dim=1)
@@ -65,7 +67,7 @@ def knn_accuracies(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     Each k is clipped to the memory-bank size. Same result as `knn_top1` per k.
     """
     if train_features.shape[0] == 0:
-        raise ValueError("k-NN needs a non-empty memory bank")
+        raise EvalInputError("k-NN needs a non-empty memory bank")
     c = int(max(int(train_labels.max()), int(test_labels.max())) + 1)
     kmax = min(max(ks), train_features.shape[0])
     bank = F.normalize(train_features.float(), dim=1)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rob_ray.errors import EvalInputError
+
 __all__ = ["accuracy", "fit_logistic", "linear_probe", "stratified_split", "train_linear"]
 
 
@@ -82,7 +84,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     c = int(max(int(y.max()), int(yt.max())) + 1)
     fit_idx, val_idx = stratified_split(y, val_fraction, seed)
     if len(val_idx) == 0 or len(fit_idx) == 0:
-        raise ValueError("the linear probe needs at least 2 training images per class for its train/val split")
+        raise EvalInputError("the linear probe needs at least 2 training images per class for its train/val split")
     xf, xv = _standardise(x[fit_idx], x[val_idx])
     grid = []
     for lr in lrs:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rob_ray.errors import EvalInputError
 from rob_ray.eval.linear import accuracy, fit_logistic
 
 __all__ = ["lowshot_eval", "lowshot_indices"]
@@ -27,7 +28,7 @@ def lowshot_indices(labels: torch.Tensor | np.ndarray, *, shots: int | None = No
         idx = np.flatnonzero(y == c)
         n = shots if shots is not None else max(1, round(fraction * len(idx)))
         if n > len(idx):
-            raise ValueError(f"class {int(c)} has {len(idx)} training images; {n}-shot needs at least {n}")
+            raise EvalInputError(f"class {int(c)} has {len(idx)} training images; {n}-shot needs at least {n}")
         picked.append(rng.choice(idx, size=n, replace=False))
     return np.sort(np.concatenate(picked))
 

@@ -16,6 +16,7 @@ import torch
 
 from rob_ray.data.sources import ImageTable
 from rob_ray.data.stream import SamplePositions
+from rob_ray.errors import EvalInputError
 from rob_ray.eval.embedders import EmbedSpec, build_embedder
 from rob_ray.eval.features import embed_uint8, load_eval_images
 
@@ -72,7 +73,7 @@ def ray_extract_features(spec: EmbedSpec, table: ImageTable | Any, size: int, *,
     order = np.argsort(np.concatenate(ids), kind="stable")  # table order whatever the block order
     keep = np.concatenate(valid)[order]
     if not keep.any():
-        raise ValueError("no readable images to embed")
+        raise EvalInputError("no readable images to embed")
     f = np.concatenate(feats)[order][keep]
     y = np.concatenate(labels)[order][keep]
     return torch.from_numpy(np.ascontiguousarray(f)), torch.from_numpy(y.astype(np.int64))

@@ -15,6 +15,7 @@ import torch
 
 from rob_ray.config import Config
 from rob_ray.data.sources import DataSourceError, ImageTable, scan_images
+from rob_ray.errors import EvalInputError
 from rob_ray.eval.embedders import EmbedSpec, build_embedder, resolve_checkpoint
 from rob_ray.eval.features import extract_features
 from rob_ray.eval.knn import KNN_KS, knn_accuracies
@@ -59,7 +60,7 @@ def model_specs(cfg: Config, checkpoint_dir: Path | None, models: Sequence[str],
     for m in models:
         if m == "student":
             if checkpoint_dir is None:
-                raise ValueError("model 'student' needs a checkpoint")
+                raise EvalInputError("model 'student' needs a checkpoint")
             specs.append(EmbedSpec("student", f"student {cfg.student.arch} (trained)", config, str(checkpoint_dir),
                                    feature=feature, mean=mean, std=std))
         elif m == "untrained":
@@ -70,7 +71,7 @@ def model_specs(cfg: Config, checkpoint_dir: Path | None, models: Sequence[str],
         elif m.startswith("timm:"):
             specs.append(EmbedSpec("timm", m, arch=m.split(":", 1)[1], feature=feature))
         else:
-            raise ValueError(f"model '{m}' is unknown; use student, untrained, teacher or timm:ARCH")
+            raise EvalInputError(f"model '{m}' is unknown; use student, untrained, teacher or timm:ARCH")
     return specs
 
 
@@ -132,9 +133,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
 
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
-        raise ValueError(f"protocol '{unknown[0]}' is unknown; choose from {', '.join(PROTOCOLS)}")
+        raise EvalInputError(f"protocol '{unknown[0]}' is unknown; choose from {', '.join(PROTOCOLS)}")
     if engine not in ("ray", "local"):
-        raise ValueError(f"engine '{engine}' is unknown; choose ray or local")
+        raise EvalInputError(f"engine '{engine}' is unknown; choose ray or local")
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(checkpoint)
     cfg = Config.model_validate(load_state(ckpt)["config"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import struct
 
+import pytest
+
 
 def _png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
@@ -49,3 +51,18 @@ def test_eval_cli_user_errors_exit_2(tiny_run, labelled_root, capsys):
     assert "protocol 'svm' is unknown" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tiny_run / "nope"), "--data", str(labelled_root)]) == 2
     assert "is not a run folder with checkpoints" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tiny_run), "--data", str(labelled_root), "--k", "10,twenty"]) == 2
+    assert "--k '10,twenty' must be a comma list of integers" in capsys.readouterr().err
+
+
+def test_eval_cli_keeps_the_traceback_of_a_bug(tiny_run, labelled_root, monkeypatch):
+    """A ValueError that is not about the user's input (here: from inside evaluate) is not exit code 2."""
+    from rob_ray.cli import main
+    from rob_ray.eval import runner
+
+    def broken(*args, **kwargs):
+        raise ValueError("shape mismatch deep inside")
+
+    monkeypatch.setattr(runner, "evaluate", broken)
+    with pytest.raises(ValueError, match="shape mismatch deep inside"):
+        main(["eval", "--checkpoint", str(tiny_run), "--data", str(labelled_root), "--engine", "local"])
