@@ -56,6 +56,8 @@ class Method(nn.Module):
     """
 
     name = "base"
+    # state_dict keys whose values differ between workers (checkpointed per rank, see train/rank_state.py)
+    rank_local_keys: tuple[str, ...] = ()
 
     def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
         super().__init__()

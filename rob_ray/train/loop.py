@@ -35,6 +35,7 @@ from rob_ray.train.fast_step import (
 )
 from rob_ray.train.faults import FaultInjector, NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
+from rob_ray.train.rank_state import gather_rank_state, restore_rank_state
 from rob_ray.train.schedules import cosine_schedule
 
 __all__ = ["build_optimizer", "param_groups", "train_loop"]
@@ -113,6 +114,9 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
+        note = restore_rank_state(method, state.get("method_ranks"), ctx.rank, ctx.world_size)
+        if note and ctx.rank == 0:
+            print(f"[rob_ray] note: {note}", flush=True)
         torch.set_rng_state(state["rng"]["torch"])
         if is_cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
@@ -241,17 +245,23 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             if guard.should_stop:  # weights untouched since the streak began: save them under that step
                 saved = done - guard.in_a_row
                 metrics["stop_reason"] = guard.stop_message(done, saved)
+                ranks = gather_rank_state(method, ctx.world_size)  # every rank takes part
                 payload = _state(cfg, student, optimizer, method, saved, skipped_all, is_cuda) if ctx.rank == 0 else None
                 if payload is not None:
                     payload["nonfinite"] = guard.state_dict()
+                    if ranks is not None:
+                        payload["method_ranks"] = ranks
                 ctx.save(saved, payload, metrics)
                 if ctx.rank == 0:
                     print(f"[rob_ray] {metrics['stop_reason']}", flush=True)
                 break
             if ckpt_now:
+                ranks = gather_rank_state(method, ctx.world_size)  # every rank takes part
                 payload = _state(cfg, student, optimizer, method, done, skipped_all, is_cuda) if ctx.rank == 0 else None
                 if payload is not None:
                     payload["nonfinite"] = guard.state_dict()
+                    if ranks is not None:
+                        payload["method_ranks"] = ranks
                     if best is not None:
                         best.update(done, payload, metrics)
                 ctx.save(done, payload, metrics)

@@ -47,6 +47,11 @@ def test_swav_kd_and_scratch_on_local_ray(small_folder, tmp_path, ray_session):
         if name == "swav":  # 2 steps x 8 images filled this worker's queue of 8 teacher score rows per view
             assert state["method"]["loss.queue_count"] == 16
             assert torch.count_nonzero(state["method"]["loss.queue"].abs().sum(-1)) == 16
+            # Each worker's own queue is in the checkpoint too, in rank order; rank 0's is the one above.
+            ranks = state["method_ranks"]
+            assert len(ranks) == 2 and [int(r["loss.queue_count"]) for r in ranks] == [16, 16]
+            assert torch.equal(ranks[0]["loss.queue"], state["method"]["loss.queue"])
+            assert not torch.equal(ranks[0]["loss.queue"], ranks[1]["loss.queue"])  # different images per worker
         if name == "dino_scratch":  # the EMA teacher and the centre travel in the checkpoint
             assert "loss.center" in state["method"] and any(k.startswith("ema.") for k in state["method"])
             assert float(state["method"]["loss.center"].abs().sum()) > 0
