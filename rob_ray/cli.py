@@ -150,4 +150,6 @@ def _train(cfg: Config, pre, demo: bool) -> int:
         result.write_text("knn.md", report["table"] + "\n")
         print(report["table"])
         print(f"[rob_ray] wall time {report['total_seconds']:.0f}s (training {train_s:.0f}s)")
+    if result.storage is not None:
+        result.storage.close()  # a URI run's files are all in the storage now: drop the local staging copy
     return 0

@@ -13,6 +13,7 @@ nothing is copied. No Ray here: the mirror is pyarrow only.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -127,6 +128,21 @@ class RunStorage:
                     pafs.FileSelector(folder, allow_not_found=True)):
                 self.filesystem.delete_dir(folder)
         return sent
+
+    def close(self) -> None:
+        """URI runs: mirror what is left, then delete the private staging folder (only after that
+        upload succeeded: a failed push raises and the folder stays). A plain path is the run: kept."""
+        if not self.is_remote or self._local is None:
+            return
+        self.push()
+        self.discard_staging()
+
+    def discard_staging(self) -> None:
+        """Delete the private staging folder of a URI run without uploading (a rank that writes nothing).
+        Never touches a plain path's run folder."""
+        if self.is_remote and self._local is not None:
+            shutil.rmtree(self._local, ignore_errors=True)
+            self._local, self._synced = None, {}
 
     def download_latest_checkpoint(self) -> Path | None:
         """Fetch the newest Ray Train checkpoint (`checkpoint_step_N/`) into `local_dir`."""

@@ -57,6 +57,21 @@ def test_push_mirrors_changes_and_deletions(tmp_path):
     assert not (remote / "run1" / "tensorboard" / "events.1").exists()
 
 
+def test_close_uploads_then_removes_only_the_staging_folder(tmp_path):
+    remote = tmp_path / "bucket"
+    s = RunStorage(f"file://{remote}", "run1")
+    staging = s.local_dir
+    (staging / "knn.json").write_text("{}")
+    s.close()
+    assert not staging.exists() and (remote / "run1" / "knn.json").read_text() == "{}"
+    s.close()  # twice is harmless
+    local = RunStorage(str(tmp_path / "plain"), "run2")
+    (local.local_dir / "metrics.jsonl").write_text("x")
+    local.close()  # a plain path is the run folder itself: kept
+    local.discard_staging()
+    assert (tmp_path / "plain" / "run2" / "metrics.jsonl").read_text() == "x"
+
+
 def test_pull_skips_ray_checkpoints_and_download_takes_newest_complete(tmp_path):
     run = tmp_path / "bucket" / "r"
     for step, complete in ((2, True), (10, True), (12, False)):

@@ -169,6 +169,15 @@ class RayTrainContext(TrainContext):
 
         ray.train.report(_scalars(metrics))
 
+    def close(self) -> None:
+        """After a finished loop: a URI run's staging folder goes (rank 0 uploads what is left first)."""
+        if self.storage is None:
+            return
+        if self.rank == 0:
+            self.storage.close()
+        else:  # other ranks write nothing there (a plain path's run folder is never removed)
+            self.storage.discard_staging()
+
 
 def _quiet_report_logs() -> None:
     """Ray Train V2 logs every `ray.train.report` call, metrics dict and all, at INFO through a logger

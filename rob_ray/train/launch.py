@@ -205,6 +205,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
                           num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
                           prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
     train_loop(cfg, ctx, config["num_images"])
+    ctx.close()
 
 
 def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = None) -> FitResult:

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,9 +119,12 @@ def train_job(ray_head, tmp_path_factory):
     overrides = tiny_overrides(images, root, "job") + [
         f"run.storage_path=file://{root / 'bucket'}", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
         "data.actor_resources={data_cpu: 1}", "optim.max_steps=3"]
+    staging = Path(tempfile.gettempdir()).glob  # URI runs stage their files in rob_ray_<name>_* folders
+    before = set(staging("rob_ray_job_*"))
     t0 = time.time()
     log = _submit(ray_head, ["python", "experiments/run.py", "train", *overrides], json.loads(printed))
-    return {"log": log, "run_dir": root / "bucket" / "job", "root": root, "seconds": time.time() - t0}
+    return {"log": log, "run_dir": root / "bucket" / "job", "root": root, "seconds": time.time() - t0,
+            "staging_left": set(staging("rob_ray_job_*")) - before}
 
 
 def test_train_job_joins_the_head_and_writes_to_the_storage_uri(ray_head, train_job):
@@ -139,6 +143,7 @@ def test_train_job_joins_the_head_and_writes_to_the_storage_uri(ray_head, train_
     assert latest_checkpoint_dir(run_dir).name == "checkpoint_step_00000003"
     assert load_state(latest_checkpoint_dir(run_dir))["step"] == 3
     assert train_job["seconds"] < 400
+    assert train_job["staging_left"] == set()  # driver's and worker's staging copies removed after the upload
 
 
 def test_eval_job_on_the_trained_run(ray_head, train_job):
