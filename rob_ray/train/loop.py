@@ -245,25 +245,15 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             if guard.should_stop:  # weights untouched since the streak began: save them under that step
                 saved = done - guard.in_a_row
                 metrics["stop_reason"] = guard.stop_message(done, saved)
-                ranks = gather_rank_state(method, ctx.world_size)  # every rank takes part
-                payload = _state(cfg, student, optimizer, method, saved, skipped_all, is_cuda) if ctx.rank == 0 else None
-                if payload is not None:
-                    payload["nonfinite"] = guard.state_dict()
-                    if ranks is not None:
-                        payload["method_ranks"] = ranks
+                payload = _state(cfg, ctx, student, optimizer, method, guard, saved, skipped_all, is_cuda)
                 ctx.save(saved, payload, metrics)
                 if ctx.rank == 0:
                     print(f"[rob_ray] {metrics['stop_reason']}", flush=True)
                 break
             if ckpt_now:
-                ranks = gather_rank_state(method, ctx.world_size)  # every rank takes part
-                payload = _state(cfg, student, optimizer, method, done, skipped_all, is_cuda) if ctx.rank == 0 else None
-                if payload is not None:
-                    payload["nonfinite"] = guard.state_dict()
-                    if ranks is not None:
-                        payload["method_ranks"] = ranks
-                    if best is not None:
-                        best.update(done, payload, metrics)
+                payload = _state(cfg, ctx, student, optimizer, method, guard, done, skipped_all, is_cuda)
+                if payload is not None and best is not None:
+                    best.update(done, payload, metrics)
                 ctx.save(done, payload, metrics)
             else:
                 ctx.report(metrics)
@@ -276,9 +266,13 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     return metrics
 
 
-def _state(cfg: Config, student: nn.Module, optimizer: torch.optim.Optimizer, method: nn.Module, step: int,
-           skipped: int, is_cuda: bool) -> dict[str, Any]:
-    return {
+def _state(cfg: Config, ctx: TrainContext, student: nn.Module, optimizer: torch.optim.Optimizer, method: nn.Module,
+           guard: NonFiniteGuard, step: int, skipped: int, is_cuda: bool) -> dict[str, Any] | None:
+    """The checkpoint payload on rank 0 (None elsewhere). Called by every rank: it gathers rank-local state."""
+    ranks = gather_rank_state(method, ctx.world_size)
+    if ctx.rank != 0:
+        return None
+    state = {
         "student": student.state_dict(),
         "optimizer": optimizer.state_dict(),
         "method": method.state_dict(),  # centre, queues, EMA teacher: whatever the method keeps
@@ -286,7 +280,11 @@ def _state(cfg: Config, student: nn.Module, optimizer: torch.optim.Optimizer, me
         "skipped_images": skipped,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if is_cuda else None},
         "config": config_to_dict(cfg),
+        "nonfinite": guard.state_dict(),
     }
+    if ranks is not None:
+        state["method_ranks"] = ranks  # every worker's own queue (SwAV)
+    return state
 
 
 def _sum_across_ranks(value: int, device: torch.device, world_size: int) -> int:
