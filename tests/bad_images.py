@@ -32,8 +32,8 @@ def _save(img: Image.Image, path: Path, fmt: str, **kw) -> Path:
     return path
 
 
-def make_corpus(root: Path, imagenette: Path, num_real: int) -> tuple[list[Path], list[Path], list[Path]]:
-    """ImageFolder `root/{real,odd}/`: `num_real` Imagenette photos, then files that must be
+def make_corpus(root: Path, real_photos: Path, num_real: int) -> tuple[list[Path], list[Path], list[Path]]:
+    """ImageFolder `root/{real,odd}/`: `num_real` real photos, then files that must be
     converted (CMYK, 16-bit, palette, alpha, wrong extension, smaller than the crop) and files
     that must be skipped (truncated, zero-byte, not an image, decompression bomb, 1x1, 3x2).
 
@@ -42,7 +42,7 @@ def make_corpus(root: Path, imagenette: Path, num_real: int) -> tuple[list[Path]
     real_dir, odd = root / "real", root / "odd"
     real_dir.mkdir(parents=True)
     odd.mkdir(parents=True)
-    sources = sorted((imagenette / "train" / "n01440764").iterdir())
+    sources = sorted((real_photos / "train" / "n01440764").iterdir())
     real = [Path(shutil.copy(f, real_dir / f.name)) for f in sources[:num_real]]
     photo = Image.open(sources[-1]).convert("RGB")
     small = photo.resize((40, 30))

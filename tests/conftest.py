@@ -1,4 +1,7 @@
-"""Shared fixtures: real images (shipped demo subset and ../shared Imagenette), tiny configs."""
+"""Shared fixtures: real images (the shipped demo subset), tiny configs.
+
+Tests use only files in the repository or files they generate: a user's fresh clone has no
+../shared beside it (that copy of Imagenette is for benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,16 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "experiments" / "demo_data"
-# ../shared beside the project; a git worktree one level deeper (wt/<name>) finds it one level up.
-IMAGENETTE = next((p / "shared" / "data" / "imagenette2-224" for p in (REPO.parent, REPO.parent.parent)
-                   if (p / "shared" / "data" / "imagenette2-224").is_dir()), REPO.parent / "shared" / "data" / "imagenette2-224")
 
 
 @pytest.fixture(scope="session")
-def imagenette() -> Path:
-    if not IMAGENETTE.is_dir():
-        pytest.fail(f"the shared Imagenette copy is missing at {IMAGENETTE}")
-    return IMAGENETTE
+def real_photos() -> Path:
+    """The shipped Imagenette subset: ImageFolder `train/` (10 x 100) and `val/` (10 x 30), 112 px RGB JPEGs."""
+    return DEMO_DATA
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from tests.bad_images import make_corpus
 from tests.conftest import tiny_overrides
 
 
-def test_each_generated_file_is_converted_or_refused(imagenette, tmp_path):
-    _, convertible, bad = make_corpus(tmp_path / "c", imagenette, num_real=1)
+def test_each_generated_file_is_converted_or_refused(real_photos, tmp_path):
+    _, convertible, bad = make_corpus(tmp_path / "c", real_photos, num_real=1)
     for path in convertible:
         arr = decode_rgb(path.read_bytes())
         assert arr is not None and arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8, path.name
@@ -23,9 +23,9 @@ def test_each_generated_file_is_converted_or_refused(imagenette, tmp_path):
         assert decode_rgb(path.read_bytes()) is None, path.name
 
 
-def test_run_over_a_corpus_with_bad_files_counts_exactly_the_bad_ones(imagenette, tmp_path, caplog):
+def test_run_over_a_corpus_with_bad_files_counts_exactly_the_bad_ones(real_photos, tmp_path, caplog):
     # 49 real + 9 convertible + 6 bad = 64 images = 8 steps of 8: one epoch sees every file once.
-    real, convertible, bad = make_corpus(tmp_path / "c", imagenette, num_real=49)
+    real, convertible, bad = make_corpus(tmp_path / "c", real_photos, num_real=49)
     table = scan_images(tmp_path / "c")
     assert len(table) == len(real) + len(convertible) + len(bad) == 64
     cfg = load_config(None, tiny_overrides(tmp_path / "c", tmp_path, "bad") + ["optim.epochs=1"])

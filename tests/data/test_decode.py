@@ -18,16 +18,17 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_real_greyscale_jpeg_becomes_rgb(imagenette):
-    # One of the 242 greyscale files of the shared copy (PIL mode L).
-    for path in sorted((imagenette / "train" / "n03394916").iterdir()):
-        if Image.open(path).mode == "L":
-            break
-    else:
-        pytest.fail("no greyscale image found")
+def test_real_greyscale_jpeg_becomes_rgb(real_photos, tmp_path):
+    # A greyscale JPEG (PIL mode L), as 242 of Imagenette's files are, made from a real photo.
+    photo = Image.open(sorted((real_photos / "train" / "n03394916").iterdir())[0])
+    path = tmp_path / "grey.jpg"
+    photo.convert("L").save(path, "JPEG", quality=75)
+    assert Image.open(path).mode == "L"
     arr = decode_rgb(path.read_bytes())
-    assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
+    assert arr.shape == (*photo.size[::-1], 3) and arr.dtype == np.uint8
     assert np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])
+    # Real content, not a constant fill.
+    assert arr[..., 0].std() > 10
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "P", "RGBA", "LA", "1"])
@@ -55,8 +56,8 @@ def test_broken_inputs_return_none(data):
     assert decode_rgb(data) is None
 
 
-def test_truncated_jpeg_returns_none(imagenette):
-    data = next((imagenette / "val" / "n01440764").iterdir()).read_bytes()
+def test_truncated_jpeg_returns_none(real_photos):
+    data = next((real_photos / "val" / "n01440764").iterdir()).read_bytes()
     assert decode_rgb(data[: len(data) // 3]) is None
 
 

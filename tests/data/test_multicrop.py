@@ -10,8 +10,8 @@ import torch
 from rob_ray.data import CropPolicy, MultiCropAugment, decode_rgb, sample_crop_box, sample_seed
 
 
-def test_real_image_gives_dino_views(imagenette):
-    img = decode_rgb(next((imagenette / "train" / "n03888257").iterdir()).read_bytes())
+def test_real_image_gives_dino_views(real_photos):
+    img = decode_rgb(next((real_photos / "train" / "n03888257").iterdir()).read_bytes())
     g, loc = MultiCropAugment(CropPolicy())(img, sample_seed(0, 0, 0))
     assert g.shape == (2, 3, 224, 224) and loc.shape == (10, 3, 96, 96)
     assert g.dtype == torch.uint8 and loc.dtype == torch.uint8

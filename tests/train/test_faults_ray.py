@@ -89,9 +89,9 @@ def test_three_worker_crashes_then_truncated_checkpoint_end_like_an_uninterrupte
     _assert_same(_student(again.checkpoint_dir), reference)
 
 
-def test_bad_files_through_ray_data_are_counted_exactly(cluster, imagenette, tmp_path):
+def test_bad_files_through_ray_data_are_counted_exactly(cluster, real_photos, tmp_path):
     _, root = cluster
-    *_, bad = make_corpus(tmp_path / "c", imagenette, num_real=49)  # + 9 convertible + 6 bad = 8 steps of 8
+    *_, bad = make_corpus(tmp_path / "c", real_photos, num_real=49)  # + 9 convertible + 6 bad = 8 steps of 8
     res = fit(load_config(None, tiny_overrides(tmp_path / "c", root, "bad") + [
         "optim.epochs=1", "scaling.ray_num_cpus=2", "data.cpus_per_actor=0.5"]))
     assert res.metrics["step"] == 8 and res.metrics["skipped_images"] == len(bad) == 6

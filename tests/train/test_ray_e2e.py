@@ -10,10 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from rob_ray.config import load_config
 from rob_ray.train.checkpoint import load_state
 from rob_ray.train.launch import fit, latest_checkpoint_dir
 from tests.conftest import DEMO_DATA, REPO, tiny_overrides
+from tests.processes import HANG_TIMEOUT_S, kill_session, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -56,6 +57,16 @@ def test_two_workers_checkpoint_and_resume(small_folder, tmp_path, ray_session):
     assert _steps(second.run_dir) == [1, 2, 3, 4, 5]  # resumed at 3, no step repeated
 
 
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     import socket
 
@@ -77,9 +88,13 @@ def ray_head(tmp_path_factory):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     dash, gcs = _free_port(), _free_port()
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--resources", json.dumps({"data_cpu": 1}),
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--port", str(gcs),
-                    "--object-store-memory", str(300 * 2**20)], check=True, env=env, capture_output=True, timeout=180)
+    # `--block` keeps the head's processes in this process group, so the teardown stops exactly
+    # this cluster (`ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--num-cpus", "2",
+                             "--resources", json.dumps({"data_cpu": 1}), "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(dash), "--port", str(gcs), "--object-store-memory", str(300 * 2**20)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_until(lambda: _answers(f"http://127.0.0.1:{dash}/api/version"), head)
     # The job's working dir is a clean copy of the project (what a user's clone uploads).
     work = tmp_path_factory.mktemp("proj") / "rob_ray"
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc",
@@ -87,7 +102,7 @@ def ray_head(tmp_path_factory):
     try:
         yield {"ray": ray_bin, "env": env, "address": f"http://127.0.0.1:{dash}", "gcs_port": gcs, "work": work}
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        kill_session(head, signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
 
 
 def _submit(head: dict, entrypoint: list[str], runtime_env: dict | None = None) -> str:
@@ -95,7 +110,7 @@ def _submit(head: dict, entrypoint: list[str], runtime_env: dict | None = None) 
     cmd = [head["ray"], "job", "submit", "--address", head["address"], "--working-dir", str(head["work"])]
     if runtime_env is not None:
         cmd += ["--runtime-env-json", json.dumps(runtime_env)]
-    proc = subprocess.run([*cmd, "--", *entrypoint], env=head["env"], capture_output=True, text=True, timeout=420,
+    proc = subprocess.run([*cmd, "--", *entrypoint], env=head["env"], capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
                           cwd=head["work"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"Job '[^']+' succeeded", proc.stdout), proc.stdout[-2000:]
@@ -121,9 +136,8 @@ def train_job(ray_head, tmp_path_factory):
         "data.actor_resources={data_cpu: 1}", "optim.max_steps=3"]
     staging = Path(tempfile.gettempdir()).glob  # URI runs stage their files in rob_ray_<name>_* folders
     before = set(staging("rob_ray_job_*"))
-    t0 = time.time()
     log = _submit(ray_head, ["python", "experiments/run.py", "train", *overrides], json.loads(printed))
-    return {"log": log, "run_dir": root / "bucket" / "job", "root": root, "seconds": time.time() - t0,
+    return {"log": log, "run_dir": root / "bucket" / "job", "root": root,
             "staging_left": set(staging("rob_ray_job_*")) - before}
 
 
@@ -142,7 +156,6 @@ def test_train_job_joins_the_head_and_writes_to_the_storage_uri(ray_head, train_
     assert any((run_dir / "tensorboard").iterdir())
     assert latest_checkpoint_dir(run_dir).name == "checkpoint_step_00000003"
     assert load_state(latest_checkpoint_dir(run_dir))["step"] == 3
-    assert train_job["seconds"] < 400
     assert train_job["staging_left"] == set()  # driver's and worker's staging copies removed after the upload
 
 

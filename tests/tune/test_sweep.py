@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import yaml
 from rob_ray.config import ConfigError, load_config
 from rob_ray.tune.sweep import plan_concurrency
 from tests.conftest import REPO, tiny_overrides
+from tests.processes import HANG_TIMEOUT_S, kill_session, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -30,7 +30,7 @@ def _sweep_args(data, storage, name):
             "tune.mode=min", "tune.grace_period=1", "tune.reduction_factor=2", "tune.max_concurrent_trials=3"]
 
 
-def _run_cli(args, timeout):
+def _run_cli(args):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.Popen([sys.executable, str(REPO / "experiments" / "run.py"), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -51,20 +51,15 @@ def test_concurrency_plan_and_impossible_sweep():
 def test_sweep_outputs_asha_and_resume(small_folder, tmp_path):
     sweep_dir = tmp_path / "runs" / "sw"
     # First launch: kill the sweep driver once the first trial has a checkpoint.
-    proc = _run_cli(_sweep_args(small_folder, tmp_path / "runs", "sw"), 600)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((sweep_dir / "trials").glob("*/checkpoint_step_*")):
-        time.sleep(1)
-    assert list((sweep_dir / "trials").glob("*/checkpoint_step_*")), "no trial checkpointed in time"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    subprocess.run([str(REPO / ".venv" / "bin" / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+    proc = _run_cli(_sweep_args(small_folder, tmp_path / "runs", "sw"))
+    wait_until(lambda: bool(list((sweep_dir / "trials").glob("*/checkpoint_step_*"))), proc)
+    kill_session(proc)  # the driver and the local Ray it started, nothing else
     assert not (sweep_dir / "trials.csv").exists()
 
     # Second launch: the same command resumes and finishes.
     t0 = time.time()
-    proc = _run_cli(_sweep_args(small_folder, tmp_path / "runs", "sw"), 600)
-    out, _ = proc.communicate(timeout=600)
+    proc = _run_cli(_sweep_args(small_folder, tmp_path / "runs", "sw"))
+    out, _ = proc.communicate(timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, out[-4000:]
     assert "resuming sweep" in out
     rows = _rows(sweep_dir)
