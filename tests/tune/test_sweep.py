@@ -48,6 +48,7 @@ def test_concurrency_plan_and_impossible_sweep():
         plan_concurrency(load_config(None, ["scaling.cpus_per_worker=2"]), 2, 0)
 
 
+@pytest.mark.timeout(2 * HANG_TIMEOUT_S)  # two launches of a sweep
 def test_sweep_outputs_asha_and_resume(small_folder, tmp_path):
     sweep_dir = tmp_path / "runs" / "sw"
     # First launch: kill the sweep driver once the first trial has a checkpoint.
