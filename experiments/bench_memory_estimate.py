@@ -59,7 +59,7 @@ def main() -> None:
                 with torch.no_grad():
                     t = teacher(g)
                 s = student([g, lo])
-                loss = loss_fn(s, t, num_global=2)["loss"]
+                loss = loss_fn(s, t, num_teacher_views=2, num_global=2)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

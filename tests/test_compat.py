@@ -7,8 +7,7 @@ import pytest
 import timm
 import torch
 
-from rob_ray.cli import main
-from rob_ray.compat import (
+from rob_ray.checks.compat import (
     check_compatibility,
     check_feature_widths,
     check_head_width,
@@ -18,6 +17,7 @@ from rob_ray.compat import (
     check_patch_sizes,
     estimate_memory,
 )
+from rob_ray.cli import main
 from rob_ray.config import StudentConfig, load_config
 from rob_ray.models import DINOHead, Student, Teacher, build_student
 from rob_ray.models.teachers.headless import HeadlessTeacher
@@ -33,8 +33,10 @@ def _teacher(arch="test_resnet", k=7, **kw):
 def test_head_width_messages():
     (m,) = check_head_width("dino", "dino:vit_b", 65536, 65536, 1000)
     assert "student.head.out_dim = 1000" in m and "65536" in m and "remove student.head.out_dim" in m
-    (m,) = check_head_width("feature", "timm:dinov2", 384, 512, None)
+    (m,) = check_head_width("feature", "timm:dinov2", 384, 512, None, "embedding width")
     assert "outputs 512" in m and "embedding width is 384" in m
+    (m,) = check_head_width("swav", "swav:resnet50", 128, 3000, None, "prototype dimension")
+    assert "outputs 3000" in m and "prototype dimension is 128" in m
     assert check_head_width("dino", "t", 10, 10, None) == []
 
 
@@ -76,15 +78,20 @@ def test_method_needs_messages():
     cnn = build_student(StudentConfig(arch="test_resnet"), out_dim=7)
     vit = build_student(StudentConfig(arch="test_vit"), out_dim=7)
     t = _teacher()
-    (m,) = [x for x in check_method_needs("ibot", t, cnn, "test_resnet") if "must be a ViT" in x]
-    assert "student.arch 'test_resnet'" in m and "vit_small_patch16_224" in m
-    assert any("has_patch_head is false" in x for x in check_method_needs("ibot", t, vit, "test_vit"))
+    ibot_cnn = load_config(None, ["method.name=ibot", "student.arch=test_resnet"])
+    ibot_vit = load_config(None, ["method.name=ibot", "student.arch=test_vit"])
+    assert any("has_patch_head is false" in x for x in check_method_needs(ibot_vit, t, vit))
     t.has_patch_head = True
-    assert check_method_needs("ibot", t, vit, "test_vit") == []
-    (m,) = check_method_needs("swav", t, cnn, "test_resnet")
-    assert "teacher.prototypes is unset" in m and "teacher.kind=swav" in m
+    (m,) = check_method_needs(ibot_cnn, t, cnn)
+    assert "student.arch must be a ViT" in m and "'test_resnet'" in m and "vit_small_patch16_224" in m
+    assert check_method_needs(ibot_vit, t, vit) == []
+    swav = load_config(None, ["method.name=swav"])
+    (m,) = check_method_needs(swav, t, cnn)
+    assert "teacher.prototypes is unset" in m and "teacher.kind=swav" in m and "method.prototypes=student" in m
+    assert check_method_needs(load_config(None, ["method.name=swav", "method.prototypes=student"]), t, cnn) == []
     t.prototypes = torch.randn(7, 8)
-    assert check_method_needs("swav", t, cnn, "test_resnet") == [] and check_method_needs("msn", t, vit, "test_vit") == []
+    msn = load_config(None, ["method.name=msn", "student.arch=test_vit"])
+    assert check_method_needs(swav, t, cnn) == [] and check_method_needs(msn, t, vit) == []
 
 
 def test_memory_estimate_formula_and_message():

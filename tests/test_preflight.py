@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from rob_ray.checks.preflight import _saved_bytes_per_image, check_teacher_fits, estimate_worker_memory, preflight
 from rob_ray.config import ConfigError, load_config
 from rob_ray.models import build_student, build_teacher
-from rob_ray.preflight import _saved_bytes_per_image, check_teacher_fits, estimate_worker_memory, preflight
 from tests.conftest import tiny_overrides
 
 
