@@ -1,6 +1,7 @@
 """Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
 `python experiments/run.py teachers [NAME]` (the teacher catalogue),
 `python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`,
+`python experiments/run.py export --checkpoint RUN [--out DIR] [--onnx] [--projector]` (timm / ONNX files),
 and `python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from rob_ray.eval.command import eval_main
 
         return eval_main(argv[1:])
+    if argv and argv[0] == "export":  # --checkpoint RUN [--out DIR] [--onnx] [--projector]
+        from rob_ray.export import export_main
+
+        return export_main(argv[1:])
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)

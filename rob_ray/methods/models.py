@@ -13,7 +13,8 @@ from torch import nn
 if TYPE_CHECKING:
     from rob_ray.config import Config
 
-__all__ = ["build_models", "dino_student", "needs_pretrained_teacher", "restore_student", "state_shape"]
+__all__ = ["build_models", "dino_student", "input_normalisation", "needs_pretrained_teacher", "restore_student",
+           "state_shape"]
 
 
 def needs_pretrained_teacher(method_cfg: Any) -> bool:
@@ -44,6 +45,18 @@ def build_models(cfg: Config, teacher: Any = None) -> tuple[nn.Module, nn.Module
     student = entry.build_student(cfg, teacher)
     raise_first(check_needs(cfg, teacher, student))
     return teacher, student
+
+
+def input_normalisation(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the student's crops were normalised with: its teacher's (an EMA teacher: ImageNet's)."""
+    from rob_ray.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD
+
+    if not needs_pretrained_teacher(cfg.method):
+        return IMAGENET_MEAN, IMAGENET_STD
+    from rob_ray.models import build_teacher
+
+    teacher = build_teacher(cfg.teacher)
+    return teacher.mean, teacher.std
 
 
 def restore_student(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
