@@ -10,7 +10,7 @@ one-line strings that name both sides and the fix. `check_compatibility` runs th
    statistics is a warning (its inputs are normalised for the teacher);
 4. feature widths measured by one probe forward, against the attributes the heads were sized from;
 5. the method's needs (its registry entry names them; the rules are `rob_ray.methods.needs`);
-6. estimated teacher + student memory per worker vs the GPU (skipped, with a note, on CPU runs).
+(The memory estimate is `rob_ray.checks.memory`, run by preflight.)
 """
 
 from __future__ import annotations
@@ -28,17 +28,14 @@ __all__ = [
     "check_compatibility",
     "check_feature_widths",
     "check_head_width",
-    "check_memory",
     "check_method_needs",
     "check_normalisation",
     "check_patch_sizes",
-    "estimate_memory",
     "head_output_width",
     "patch_size_of",
     "summary",
 ]
 
-GiB = 1024**3
 
 
 @dataclass
@@ -46,7 +43,6 @@ class CompatReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    memory: dict[str, float] = field(default_factory=dict)
 
 
 def patch_size_of(model: nn.Module) -> int | None:
@@ -194,86 +190,6 @@ def head_output_width(head: nn.Module) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------- 6. memory
-
-
-@torch.no_grad()
-def _activation_profile(model: nn.Module, x: torch.Tensor, fn=None) -> tuple[int, int]:
-    """(sum, max) of the elements produced by leaf modules for one probe input (per image)."""
-    total, peak = 0, 0
-
-    def hook(_m, _i, out):
-        nonlocal total, peak
-        for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel()
-                peak = max(peak, t.numel())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        (fn or model)(x)
-    finally:
-        for h in handles:
-            h.remove()
-    n = x.shape[0]
-    return total // n, peak // n
-
-
-def estimate_memory(teacher: nn.Module, student: nn.Module, *, teacher_probe: torch.Tensor, student_probe: torch.Tensor,
-                    global_size: int, local_size: int, num_global: int, num_local: int, batch_size: int,
-                    head_out: int, bf16: bool, optimizer: str = "adamw") -> dict[str, float]:
-    """Bytes per worker, from parameter counts and activations measured at a probe size and scaled by pixel count.
-
-    - teacher: fp32 weights + (inference) twice its largest activation, for B * G global crops;
-    - student: fp32 weights + grads + optimizer state (AdamW 2, SGD 1 per parameter) + every leaf activation
-      kept for backward over B * (G + L) crops, plus the (V * B, K) logits / softmax / log-softmax;
-    - 0.5 GiB of CUDA context. An estimate (fused attention and allocator slack move it), not a bound.
-    """
-    act_bytes = 2 if bf16 else 4
-    _, t_peak = _activation_profile(teacher, teacher_probe)
-    with _eval_mode(student):
-        s_sum, _ = _activation_profile(student, student_probe, fn=lambda x: student([x]))
-    t_scale = (global_size / teacher_probe.shape[-1]) ** 2
-    s_scale_g, s_scale_l = (global_size / student_probe.shape[-1]) ** 2, (local_size / student_probe.shape[-1]) ** 2
-    t_params = sum(p.numel() * p.element_size() for p in teacher.parameters())
-    s_params = sum(p.numel() for p in student.parameters())
-    opt_states = 2 if optimizer == "adamw" else 1
-    t_img = 2 * t_peak * t_scale * num_global * act_bytes
-    s_img = s_sum * (num_global * s_scale_g + num_local * s_scale_l) * act_bytes
-    logits_img = 3 * (num_global + num_local) * head_out * 4 + num_global * head_out * 4
-    fixed = t_params + s_params * 4 * (2 + opt_states) + 0.5 * GiB
-    per_image = t_img + s_img + logits_img
-    return {"teacher_GiB": (t_params + t_img * batch_size) / GiB,
-            "student_GiB": (s_params * 4 * (2 + opt_states) + s_img * batch_size) / GiB,
-            "logits_GiB": logits_img * batch_size / GiB, "context_GiB": 0.5,
-            "fixed_GiB": fixed / GiB, "per_image_GiB": per_image / GiB,
-            "total_GiB": (fixed + per_image * batch_size) / GiB}
-
-
-def check_memory(estimate: dict[str, float], device_GiB: float, batch_size: int, device_name: str = "GPU") -> list[str]:
-    """Fail when the estimate exceeds 90 % of the device memory available to one worker."""
-    budget = 0.9 * device_GiB
-    total = estimate["total_GiB"]
-    if total <= budget:
-        return []
-    room = budget - estimate["fixed_GiB"]
-    advice = (f"lower optim.batch_size (about {int(room / estimate['per_image_GiB'])} fits)"
-              if room > estimate["per_image_GiB"] else "the weights alone do not fit: pick a smaller teacher/student")
-    return [f"config error: estimated {total:.1f} GiB per worker (teacher {estimate['teacher_GiB']:.1f} + student "
-            f"{estimate['student_GiB']:.1f} + logits {estimate['logits_GiB']:.1f} GiB at optim.batch_size={batch_size}) "
-            f"exceeds 90% of the {device_name}'s {device_GiB:.1f} GiB; {advice}, or reduce augment.num_local / crop sizes"]
-
-
-def _device_memory_GiB(cfg) -> tuple[float | None, str]:
-    if not cfg.scaling.use_gpu:
-        return None, "memory check skipped: CPU run (scaling.use_gpu=false)"
-    if not torch.cuda.is_available():
-        return None, "memory check skipped: no GPU visible to the driver (the workers' GPUs are not measured from here)"
-    props = torch.cuda.get_device_properties(0)
-    share = min(1.0, cfg.scaling.gpus_per_worker)  # fractional GPUs share one card's memory
-    return props.total_memory * share / GiB, props.name
-
-
 # ---------------------------------------------------------------- all checks for a config
 
 
@@ -283,9 +199,8 @@ def _probe(model: nn.Module, size: int) -> torch.Tensor:
     return torch.zeros(1, 3, s, s)
 
 
-def check_compatibility(cfg, teacher: nn.Module, student: nn.Module, device_GiB: float | None = None,
-                        probe_size: int = 64) -> CompatReport:
-    """Run every check for `cfg`; `device_GiB` overrides the measured GPU memory (tests, planning)."""
+def check_compatibility(cfg, teacher: nn.Module, student: nn.Module, probe_size: int = 64) -> CompatReport:
+    """Run every shape / normalisation / needs check for `cfg` (memory: `rob_ray.checks.memory`, by preflight)."""
     from rob_ray.methods.registry import get_method
 
     rep = CompatReport()
@@ -317,28 +232,12 @@ def check_compatibility(cfg, teacher: nn.Module, student: nn.Module, device_GiB:
         return rep  # the probes below assume the shapes above are right
     t_probe, s_probe = _probe(teacher, probe_size), _probe(student, probe_size)
     rep.errors += check_feature_widths(teacher, student, t_probe, s_probe)
-    if rep.errors:
-        return rep
-    bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and cfg.scaling.use_gpu)
-    rep.memory = estimate_memory(teacher, student, teacher_probe=t_probe, student_probe=s_probe,
-                                 global_size=cfg.augment.global_size, local_size=cfg.augment.local_size,
-                                 num_global=cfg.augment.num_global, num_local=cfg.augment.num_local,
-                                 batch_size=cfg.optim.batch_size, head_out=int(teacher.num_prototypes) or expected, bf16=bf16,
-                                 optimizer=cfg.optim.optimizer)
-    if device_GiB is None:
-        device_GiB, name = _device_memory_GiB(cfg)
-    else:
-        name = "device"
-    if device_GiB is None:
-        rep.notes.append(name)
-    else:
-        rep.errors += check_memory(rep.memory, device_GiB, cfg.optim.batch_size, name)
     return rep
 
 
 def summary(rep: CompatReport) -> dict[str, Any]:
     """What preflight puts into the plan."""
-    out: dict[str, Any] = {"memory_est_GiB": round(rep.memory.get("total_GiB", 0.0), 2)} if rep.memory else {}
+    out: dict[str, Any] = {}
     if rep.warnings:
         out["warnings"] = rep.warnings
     if rep.notes:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import torch
 
-from rob_ray.config import DinoMethodConfig
 from rob_ray.losses.dino import DinoLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.models import dino_student, state_shape
@@ -33,13 +32,13 @@ class DinoMethod(Method):
         return StepOutput(out["loss"], out["teacher_probs"], out["student_log_probs"])
 
 
-def _loss(m: DinoMethodConfig, teacher) -> DinoLoss:
+def _loss(m, teacher) -> DinoLoss:
     return DinoLoss(teacher.num_prototypes, teacher_temp=m.teacher_temp, student_temp=m.student_temp,
                     centering=m.centering, center_momentum=m.center_momentum, pairing=m.pairing)
 
 
 register_method(MethodEntry(
-    name="dino", config=DinoMethodConfig, method=DinoMethod, build_loss=_loss,
+    name="dino", config="DinoMethodConfig", method=DinoMethod, build_loss=_loss,
     needs=("teacher_head",),
     head_width=lambda cfg, teacher: (int(teacher.num_prototypes), "prototype count"),
     build_student=lambda cfg, teacher: dino_student(cfg, teacher.num_prototypes),

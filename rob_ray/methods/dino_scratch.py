@@ -9,7 +9,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from rob_ray.config import ScratchDinoMethodConfig
 from rob_ray.losses.dino import DinoLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.dino import DINO_PROTOTYPES_KEY
@@ -72,13 +71,13 @@ class ScratchDinoMethod(Method):
                 "teacher_temp": self._at(self.temp_sched, step, "teacher temperature")}
 
 
-def _loss(m: ScratchDinoMethodConfig, teacher) -> DinoLoss:
+def _loss(m, teacher) -> DinoLoss:
     return DinoLoss(m.out_dim, teacher_temp=m.teacher_temp, student_temp=m.student_temp, centering="ema",
                     center_momentum=m.center_momentum, pairing=m.pairing)
 
 
 register_method(MethodEntry(
-    name="dino_scratch", config=ScratchDinoMethodConfig, method=ScratchDinoMethod, build_loss=_loss,
+    name="dino_scratch", config="ScratchDinoMethodConfig", method=ScratchDinoMethod, build_loss=_loss,
     teacher="ema", build_teacher=lambda cfg, student: EmaTeacher(student, cfg.method.out_dim),
     method_kwargs=lambda m: dict(momentum_teacher=m.momentum_teacher, teacher_temp=m.teacher_temp,
                                  warmup_teacher_temp=m.warmup_teacher_temp,

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import torch
 
-from rob_ray.config import FeatureMethodConfig
 from rob_ray.losses.feature import FeatureLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.dino import DINO_PROTOTYPES_KEY
@@ -42,7 +41,7 @@ class FeatureMethod(Method):
 
 
 register_method(MethodEntry(
-    name="feature", config=FeatureMethodConfig, method=FeatureMethod,
+    name="feature", config="FeatureMethodConfig", method=FeatureMethod,
     build_loss=lambda m, teacher: FeatureLoss(pairing=m.pairing),
     head_width=lambda cfg, teacher: (int(teacher.embed_dim), "embedding width"),
     build_student=lambda cfg, teacher: dino_student(cfg, int(teacher.embed_dim)),

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from rob_ray.config import IbotMethodConfig
 from rob_ray.losses.ibot import IbotLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.dino import DINO_PROTOTYPES_KEY
@@ -74,13 +73,13 @@ def ibot_student(cfg, num_prototypes: int):
     return student
 
 
-def _loss(m: IbotMethodConfig, teacher) -> IbotLoss:
+def _loss(m, teacher) -> IbotLoss:
     return IbotLoss(teacher_temp=m.teacher_temp, teacher_patch_temp=m.teacher_patch_temp, student_temp=m.student_temp,
                     lambda1=m.lambda1, lambda2=m.lambda2, pairing=m.pairing)
 
 
 register_method(MethodEntry(
-    name="ibot", config=IbotMethodConfig, method=IbotMethod, build_loss=_loss,
+    name="ibot", config="IbotMethodConfig", method=IbotMethod, build_loss=_loss,
     needs=lambda m: ("teacher_head", "teacher_patch_head", *(("patch_prototypes_match",) if m.lambda2 > 0 else ()),
                      "vit_student"),
     method_kwargs=lambda m: dict(pred_ratio=m.pred_ratio, pred_ratio_var=m.pred_ratio_var, pred_shape=m.pred_shape,

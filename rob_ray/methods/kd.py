@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from rob_ray.config import KDMethodConfig
 from rob_ray.losses.kd import KDLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.models import state_shape
@@ -47,7 +46,7 @@ def kd_student(cfg, num_classes: int):
 
 
 register_method(MethodEntry(
-    name="kd", config=KDMethodConfig, method=KDMethod,
+    name="kd", config="KDMethodConfig", method=KDMethod,
     build_loss=lambda m, teacher: KDLoss(m.alpha, m.temperature, m.pairing),
     needs=("teacher_head",),
     head_width=lambda cfg, teacher: (int(teacher.num_prototypes), "class count"),

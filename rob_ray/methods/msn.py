@@ -9,7 +9,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rob_ray.config import MsnMethodConfig
 from rob_ray.losses.msn import MsnLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.models import state_shape
@@ -71,13 +70,13 @@ def msn_student(cfg, prototype_dim: int):
     return Student(backbone, head, cfg.student.feature)
 
 
-def _loss(m: MsnMethodConfig, teacher) -> MsnLoss:
+def _loss(m, teacher) -> MsnLoss:
     return MsnLoss(teacher_temp=m.teacher_temp, student_temp=m.student_temp, pairing=m.pairing, sinkhorn=m.sinkhorn,
                    sinkhorn_iters=m.sinkhorn_iters, me_max=m.me_max, me_max_weight=m.me_max_weight)
 
 
 register_method(MethodEntry(
-    name="msn", config=MsnMethodConfig, method=MsnMethod, build_loss=_loss,
+    name="msn", config="MsnMethodConfig", method=MsnMethod, build_loss=_loss,
     needs=("teacher_head", "teacher_prototypes", "vit_student"),
     method_kwargs=lambda m: dict(mask_ratio=m.mask_ratio),
     # The student projects into the prototypes' space and is scored against them: its width is D, not K.

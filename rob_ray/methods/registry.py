@@ -2,7 +2,9 @@
 registered by the method's own module, and the few functions everything else asks.
 
 An entry says everything the rest of rob_ray needs to know about a method:
-- `config`: its pydantic config class (`method.name` selects it; the class lives in `rob_ray.config`);
+- `config`: its pydantic config class (`method.name` selects it), or that class's name in `rob_ray.config`
+  (a reference, resolved on first use: a method module then imports without pydantic, as the GPU
+  benchmark box needs);
 - `method`: its `Method` subclass (the step and its per-step hooks: EMA, centre, queue);
 - `needs`: what it needs from teacher and student (names of `rob_ray.methods.needs` rules, or a function
   of the method config giving them), checked once before launch by `check_needs`;
@@ -19,6 +21,7 @@ An entry says everything the rest of rob_ray needs to know about a method:
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,7 +57,7 @@ class MethodEntry:
     """
 
     name: str
-    config: type
+    config: type | str
     method: type
     build_loss: Callable[[Any, Any], nn.Module]
     build_student: Callable[[Config, Any], nn.Module]
@@ -69,6 +72,23 @@ class MethodEntry:
     def needs_for(self, method_cfg: Any) -> tuple[str, ...]:
         return tuple(self.needs(method_cfg) if callable(self.needs) else self.needs)
 
+    @property
+    def config_class(self) -> type:
+        if isinstance(self.config, str):
+            return getattr(importlib.import_module("rob_ray.config"), self.config)
+        return self.config
+
+
+def _check_config(entry: MethodEntry) -> None:
+    where = f"method entry '{entry.name}'"
+    try:
+        cls = entry.config_class
+    except AttributeError:
+        raise MethodRegistryError(f"{where}: rob_ray.config has no class '{entry.config}'") from None
+    tag = getattr(cls, "model_fields", {}).get("name")
+    if tag is None or tag.default != entry.name:
+        raise MethodRegistryError(f"{where}: its config class {cls.__name__} must have name = '{entry.name}'")
+
 
 def register_method(entry: MethodEntry) -> MethodEntry:
     """Add `entry`; raises MethodRegistryError naming the missing or wrong piece."""
@@ -79,11 +99,12 @@ def register_method(entry: MethodEntry) -> MethodEntry:
         raise MethodRegistryError("a method entry needs a non-empty name")
     for piece in _REQUIRED:
         value = getattr(entry, piece, None)
-        if value is None or not callable(value):
-            raise MethodRegistryError(f"{where} is missing '{piece}' (a callable); every entry needs {', '.join(_REQUIRED)}")
-    tag = getattr(entry.config, "model_fields", {}).get("name")
-    if tag is None or tag.default != entry.name:
-        raise MethodRegistryError(f"{where}: its config class {entry.config.__name__} must have name = '{entry.name}'")
+        ok = isinstance(value, str) and value if piece == "config" else callable(value)
+        if value is None or not ok:
+            raise MethodRegistryError(f"{where} is missing '{piece}'; every entry needs {', '.join(_REQUIRED)} "
+                                      "(config: a class or its name in rob_ray.config; the others callables)")
+    if not isinstance(entry.config, str) or "rob_ray.config" in sys.modules:
+        _check_config(entry)  # else (a name, pydantic not loaded yet): on the first registry query
     from rob_ray.methods.base import Method
 
     if not (isinstance(entry.method, type) and issubclass(entry.method, Method)):
@@ -104,9 +125,20 @@ def register_method(entry: MethodEntry) -> MethodEntry:
     return entry
 
 
+_CHECKED: set[str] = set()
+
+
 def _import_entries() -> None:
     for module in METHOD_MODULES:
         importlib.import_module(f"rob_ray.methods.{module}")
+    for entry in list(_ENTRIES.values()):
+        if entry.name not in _CHECKED:
+            try:
+                _check_config(entry)
+            except MethodRegistryError:
+                del _ENTRIES[entry.name]
+                raise
+            _CHECKED.add(entry.name)
 
 
 def list_methods() -> list[str]:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import torch
 
-from rob_ray.config import SwavMethodConfig
 from rob_ray.losses.swav import SwavLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.models import state_shape
@@ -70,14 +69,14 @@ def _restore_student(cfg, state):
     return swav_student(cfg, state_shape(state, key, 1), state_shape(state, key, 0))
 
 
-def _loss(m: SwavMethodConfig, teacher) -> SwavLoss:
+def _loss(m, teacher) -> SwavLoss:
     return SwavLoss(teacher.num_prototypes, epsilon=m.epsilon, sinkhorn_iterations=m.sinkhorn_iterations,
                     student_temp=m.student_temp, pairing=m.pairing, queue_length=m.queue_length,
                     num_teacher_views=m.teacher_views)
 
 
 register_method(MethodEntry(
-    name="swav", config=SwavMethodConfig, method=SwavMethod, build_loss=_loss,
+    name="swav", config="SwavMethodConfig", method=SwavMethod, build_loss=_loss,
     needs=lambda m: ("teacher_head", "teacher_prototypes") if m.prototypes == "teacher" else ("teacher_head",),
     # The student projects into the prototypes' space: its projection width is D, not the count K.
     head_width=lambda cfg, teacher: (_student_dim(cfg, teacher), "prototype dimension"

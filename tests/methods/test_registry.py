@@ -26,7 +26,7 @@ def test_registry_and_config_union_name_the_same_methods():
     assert set(list_methods()) == _method_names()
     for name in list_methods():
         entry = get_method(name)
-        assert entry.config.model_fields["name"].default == name and entry.summary
+        assert entry.config_class.model_fields["name"].default == name and entry.summary
     with pytest.raises(ConfigError, match="not registered; choose one of"):
         get_method("byol")
 
