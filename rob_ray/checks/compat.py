@@ -152,7 +152,8 @@ def check_feature_widths(teacher: nn.Module, student: nn.Module, teacher_probe: 
                          student_probe: torch.Tensor) -> list[str]:
     """Measure the embedding widths with one forward each and compare them with the attributes used to size heads."""
     out = []
-    t_emb = teacher.embed(teacher_probe)
+    with _eval_mode(teacher):  # an EMA teacher stays in train mode; a 1-image probe needs eval-mode BatchNorm
+        t_emb = teacher.embed(teacher_probe)
     if t_emb.shape[-1] != teacher.embed_dim:
         out.append(f"teacher error: '{teacher.name}' declares embed_dim {teacher.embed_dim} but its backbone returns "
                    f"{t_emb.shape[-1]}-d features; the loader read the wrong width attribute (num_features vs head_hidden_size)")

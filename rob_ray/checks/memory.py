@@ -60,10 +60,13 @@ def peak_output_bytes_per_image(teacher: nn.Module, size: int, dtype: torch.dtyp
             peak[0] = max(peak[0], out.numel() * out.element_size())
 
     handles = [m.register_forward_hook(hook) for m in teacher.modules()]
+    was = teacher.training  # an EMA teacher stays in train mode: the probe must not move its BN statistics
+    teacher.eval()
     try:
         with torch.no_grad(), _autocast(dtype):
             teacher(torch.zeros(1, 3, size, size))
     finally:
+        teacher.train(was)
         for h in handles:
             h.remove()
     return float(peak[0])
