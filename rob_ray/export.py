@@ -47,9 +47,10 @@ def load_exported_backbone(arch: str, file: str | Path) -> nn.Module:
 
 def _licence(cfg) -> dict[str, Any]:
     """The teacher's catalogue entry (by name, else by file name): licence, official URL."""
+    from rob_ray.methods import needs_pretrained_teacher
     from rob_ray.models.teachers.catalogue import load_catalogue
 
-    if cfg.method.name == "dino_scratch":
+    if not needs_pretrained_teacher(cfg.method):
         return {"teacher": "none (EMA of the student: trained from scratch)", "licence": "n/a"}
     file = Path(cfg.teacher.checkpoint).name if cfg.teacher.checkpoint else None
     for entry in load_catalogue():

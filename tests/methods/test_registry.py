@@ -100,3 +100,28 @@ def test_user_errors_share_one_base():
     for cls in (ConfigError, DataSourceError, TeacherLoadError, StudentBuildError, CheckpointError, EvalInputError,
                 ExportError):
         assert issubclass(cls, RobRayError)
+
+
+def test_swav_own_prototypes_restore_exactly(tmp_path):
+    from rob_ray.config import load_config
+    from rob_ray.methods import build_models, restore_student
+    from tests.method_fixtures import swav_teacher
+
+    cfg = load_config(None, ["method={name: swav, prototypes: student}", "student.arch=test_resnet",
+                             "student.head.hidden_dim=32", "student.head.bottleneck_dim=8", *swav_teacher(tmp_path)])
+    teacher, student = build_models(cfg)
+    assert student.head.prototypes.weight.shape == (teacher.num_prototypes, 8)  # K own prototypes of dim 8
+    restored = restore_student(cfg, student.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(restored([x]), student.eval()([x]), rtol=0, atol=0)
+
+
+def test_an_ema_run_is_evaluated_with_the_normalisation_it_trained_with():
+    from rob_ray.config import load_config
+    from rob_ray.methods.models import input_normalisation
+    from rob_ray.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = load_config(None, ["method={name: dino_scratch}"])  # the default teacher section (Lite0, mean 0.5) is unused
+    assert input_normalisation(cfg) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert input_normalisation(load_config(None, [])) == ((0.5,) * 3, (0.5,) * 3)
