@@ -1,5 +1,6 @@
-"""Checks that run before any Ray work: the data lists, the teacher loads, the student fits it,
-and (GPU runs) teacher + student fit one worker's GPU.
+"""Checks that run before any Ray work: the data lists, the teacher loads, the method's needs hold, the
+student fits the teacher (`checks.compat`), and teacher + student fit one worker's GPU (`checks.memory`:
+the estimate is in every plan as `memory_est_GiB`; the fit is checked on GPU runs).
 
 A mismatch found here costs a second; found on a cluster it costs a job.
 """
@@ -17,7 +18,6 @@ from rob_ray.config import Config, ConfigError
 from rob_ray.data.sources import ImageTable, scan_images
 
 __all__ = ["Preflight", "check_teacher_fits", "estimate_worker_memory", "preflight"]
-
 
 
 @dataclass
