@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rob_ray.config import TeacherConfig, load_config
-from rob_ray.methods import Views, build_method
-from rob_ray.models import build_student, build_teacher
+from rob_ray.methods import Views, build_method, build_models
+from rob_ray.models import build_teacher
 from rob_ray.train.loop import build_optimizer
 from tests.ssl_checkpoints import write_ibot_checkpoint, write_msn_checkpoint
 
@@ -50,7 +50,7 @@ def bench(method: str, size: tuple, steps: int, root: Path) -> float:
         overrides.append(f"method.projector_hidden_dim={hidden}")
     cfg = load_config(None, overrides)
     torch.manual_seed(0)
-    student = build_student(cfg.student, teacher.num_prototypes)
+    teacher, student = build_models(cfg, teacher)  # the method's registry entry builds its student
     m = build_method(cfg.method, teacher, student)
     opt = build_optimizer(cfg, student)
     for group in opt.param_groups:

@@ -1,6 +1,6 @@
-"""Benchmark: rob_ray.compat.estimate_memory vs the peak CUDA memory of one real RoB-DINO training step.
+"""Benchmark: rob_ray.checks.memory.estimate_memory vs the peak CUDA memory of one real RoB-DINO training step.
 
-Prints a table per (teacher, student, crops, batch): estimated GiB (without the 0.5 GiB CUDA-context term,
+Prints a table per (teacher, student, crops, batch): estimated GiB (without the CUDA-context term,
 which torch's allocator does not count) and `torch.cuda.max_memory_allocated` after one bf16 step with AdamW.
 Needs a GPU; imports no pydantic/Ray (runs on a bare torch + timm image): `python experiments/bench_memory_estimate.py`.
 """
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm
 import torch
 
-from rob_ray.compat import estimate_memory
+from rob_ray.checks.memory import CUDA_OVERHEAD_GIB, estimate_memory
 from rob_ray.losses.dino import DinoLoss
 from rob_ray.models.heads import DINOHead
 from rob_ray.models.students import Student, feature_width
@@ -44,10 +44,8 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|")
     for t_arch, k, s_arch, gs, ls, nl, b in CASES:
         teacher, student = build(t_arch, k, s_arch)
-        probe = lambda m: torch.zeros(1, 3, 64, 64)  # noqa: E731
-        est = estimate_memory(teacher, student, teacher_probe=probe(teacher), student_probe=probe(student),
-                              global_size=gs, local_size=ls, num_global=2, num_local=nl, batch_size=b,
-                              head_out=k, bf16=True)
+        est = estimate_memory(teacher, student, global_size=gs, local_size=ls, num_global=2, num_local=nl,
+                              batch_size=b, num_prototypes=k, bf16=True)
         teacher, student = teacher.to(dev), student.to(dev).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)
         loss_fn = DinoLoss(k).to(dev)
@@ -59,13 +57,13 @@ def main() -> None:
                 with torch.no_grad():
                     t = teacher(g)
                 s = student([g, lo])
-                loss = loss_fn(s, t, num_global=2)["loss"]
+                loss = loss_fn(s, t, num_teacher_views=2, num_global=2)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         torch.cuda.synchronize()
         measured = torch.cuda.max_memory_allocated() / 1024**3
-        e = est["total_GiB"] - est["context_GiB"]
+        e = est["total"] - CUDA_OVERHEAD_GIB
         print(f"| {t_arch} (K={k}) | {s_arch} | 2x{gs}+{nl}x{ls} | {b} | {e:.2f} | {measured:.2f} | {e / measured:.2f} |",
               flush=True)
         del teacher, student, opt, loss_fn

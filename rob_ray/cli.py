@@ -1,6 +1,7 @@
 """Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
 `python experiments/run.py teachers [NAME]` (the teacher catalogue),
 `python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`,
+`python experiments/run.py export --checkpoint RUN [--out DIR] [--onnx] [--projector]` (timm / ONNX files),
 and `python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
 
 With no arguments it runs the built-in demo. Every user error (config, data, teacher, student)
@@ -17,23 +18,15 @@ from pathlib import Path
 
 import yaml
 
-from rob_ray.config import Config, ConfigError, config_to_dict, load_config
+from rob_ray.config import Config, config_to_dict, load_config
+from rob_ray.errors import EXIT_USER_ERROR, RobRayError, first_line
 
 __all__ = ["DEMO_CONFIG", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "experiments" / "configs" / "demo.yaml"
-EXIT_USER_ERROR = 2
 COMMANDS = ("train", "demo", "tune", "teachers")  # anything else on the command line runs the demo
 EXIT_TRAINING_STOPPED = 3
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from rob_ray.data.sources import DataSourceError
-    from rob_ray.models.students import StudentBuildError
-    from rob_ray.models.teachers.base import TeacherLoadError
-
-    return ConfigError, DataSourceError, TeacherLoadError, StudentBuildError
 
 
 def _training_stopped() -> type[BaseException]:
@@ -77,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from rob_ray.eval.command import eval_main
 
         return eval_main(argv[1:])
+    if argv and argv[0] == "export":  # --checkpoint RUN [--out DIR] [--onnx] [--projector]
+        from rob_ray.export import export_main
+
+        return export_main(argv[1:])
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)
@@ -98,11 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(pre.plan, sort_keys=False).rstrip())
             return 0
         return _train(cfg, pre, demo=args.command == "demo")
-    except ConfigError as exc:  # first, so a config error does not import torch to be reported (~0.3 s, not ~4 s)
-        print(str(exc).splitlines()[0], file=sys.stderr)
-        return EXIT_USER_ERROR
-    except _user_errors() as exc:
-        print(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, file=sys.stderr)
+    except RobRayError as exc:  # every user error (rob_ray/errors.py); importing it needs no torch
+        print(first_line(exc), file=sys.stderr)
         return EXIT_USER_ERROR
     except _training_stopped() as exc:  # checkpoint saved; the message says what to change
         print(f"[rob_ray] {exc}", file=sys.stderr)

@@ -7,18 +7,17 @@ import pytest
 import timm
 import torch
 
-from rob_ray.cli import main
-from rob_ray.compat import (
+from rob_ray.checks.compat import (
     check_compatibility,
     check_feature_widths,
     check_head_width,
-    check_memory,
     check_method_needs,
     check_normalisation,
     check_patch_sizes,
-    estimate_memory,
 )
-from rob_ray.config import StudentConfig, load_config
+from rob_ray.checks.memory import CUDA_OVERHEAD_GIB, MEMORY_BUDGET, check_fits, estimate_memory, uses_bf16
+from rob_ray.cli import main
+from rob_ray.config import ConfigError, StudentConfig, load_config
 from rob_ray.models import DINOHead, Student, Teacher, build_student
 from rob_ray.models.teachers.headless import HeadlessTeacher
 from tests.conftest import tiny_overrides
@@ -33,8 +32,10 @@ def _teacher(arch="test_resnet", k=7, **kw):
 def test_head_width_messages():
     (m,) = check_head_width("dino", "dino:vit_b", 65536, 65536, 1000)
     assert "student.head.out_dim = 1000" in m and "65536" in m and "remove student.head.out_dim" in m
-    (m,) = check_head_width("feature", "timm:dinov2", 384, 512, None)
+    (m,) = check_head_width("feature", "timm:dinov2", 384, 512, None, "embedding width")
     assert "outputs 512" in m and "embedding width is 384" in m
+    (m,) = check_head_width("swav", "swav:resnet50", 128, 3000, None, "prototype dimension")
+    assert "outputs 3000" in m and "prototype dimension is 128" in m
     assert check_head_width("dino", "t", 10, 10, None) == []
 
 
@@ -76,46 +77,53 @@ def test_method_needs_messages():
     cnn = build_student(StudentConfig(arch="test_resnet"), out_dim=7)
     vit = build_student(StudentConfig(arch="test_vit"), out_dim=7)
     t = _teacher()
-    (m,) = [x for x in check_method_needs("ibot", t, cnn, "test_resnet") if "must be a ViT" in x]
-    assert "student.arch 'test_resnet'" in m and "vit_small_patch16_224" in m
-    assert any("has_patch_head is false" in x for x in check_method_needs("ibot", t, vit, "test_vit"))
+    ibot_cnn = load_config(None, ["method.name=ibot", "student.arch=test_resnet"])
+    ibot_vit = load_config(None, ["method.name=ibot", "student.arch=test_vit"])
+    assert any("has_patch_head is false" in x for x in check_method_needs(ibot_vit, t, vit))
     t.has_patch_head = True
-    assert check_method_needs("ibot", t, vit, "test_vit") == []
-    (m,) = check_method_needs("swav", t, cnn, "test_resnet")
-    assert "teacher.prototypes is unset" in m and "teacher.kind=swav" in m
+    (m,) = check_method_needs(ibot_cnn, t, cnn)
+    assert "student.arch must be a ViT" in m and "'test_resnet'" in m and "vit_small_patch16_224" in m
+    assert check_method_needs(ibot_vit, t, vit) == []
+    swav = load_config(None, ["method.name=swav"])
+    (m,) = check_method_needs(swav, t, cnn)
+    assert "teacher.prototypes is unset" in m and "teacher.kind=swav" in m and "method.prototypes=student" in m
+    assert check_method_needs(load_config(None, ["method.name=swav", "method.prototypes=student"]), t, cnn) == []
     t.prototypes = torch.randn(7, 8)
-    assert check_method_needs("swav", t, cnn, "test_resnet") == [] and check_method_needs("msn", t, vit, "test_vit") == []
+    msn = load_config(None, ["method.name=msn", "student.arch=test_vit"])
+    assert check_method_needs(swav, t, cnn) == [] and check_method_needs(msn, t, vit) == []
 
 
-def test_memory_estimate_formula_and_message():
+def test_memory_estimate_formula_and_message(small_folder, tmp_path):
     t, s = _teacher(), build_student(StudentConfig(arch="test_resnet"), out_dim=7)
-    x = torch.zeros(1, 3, 32, 32)
-    kw = dict(teacher_probe=x, student_probe=x, global_size=64, local_size=32, num_global=2, num_local=4,
-              head_out=7, bf16=False)
-    e1, e2 = estimate_memory(t, s, batch_size=1, **kw), estimate_memory(t, s, batch_size=3, **kw)
-    t_params = sum(p.numel() for p in t.parameters())
+    kw = dict(global_size=64, local_size=32, num_global=2, num_local=4, num_prototypes=7, bf16=False)
+    e1, e3 = estimate_memory(t, s, batch_size=1, **kw), estimate_memory(t, s, batch_size=3, **kw)
+    t_bytes = sum(x.numel() * x.element_size() for x in (*t.parameters(), *t.buffers()))
     s_params = sum(p.numel() for p in s.parameters())
-    assert e1["fixed_GiB"] * 1024**3 == pytest.approx(4 * t_params + 4 * 4 * s_params + 0.5 * 1024**3)
-    assert e2["total_GiB"] - e1["total_GiB"] == pytest.approx(2 * e1["per_image_GiB"])  # linear in batch
+    s_buffers = sum(x.numel() * x.element_size() for x in s.buffers())
+    # weights + grads + AdamW m and v in fp32, the teacher's weights, the CUDA context: independent of batch
+    assert e1["fixed"] * 1024**3 == pytest.approx(t_bytes + 16 * s_params + s_buffers + CUDA_OVERHEAD_GIB * 1024**3)
+    assert e3["total"] - e1["total"] == pytest.approx(2 * e1["per_image"])  # linear in batch
     big = estimate_memory(t, s, batch_size=1, **{**kw, "global_size": 128, "num_local": 0})
     small = estimate_memory(t, s, batch_size=1, **{**kw, "num_local": 0})
-    assert big["per_image_GiB"] > 3.5 * (small["per_image_GiB"] - 2 * 3 * 7 * 4 / 1024**3 - 2 * 7 * 4 / 1024**3)
-    assert check_memory(e2, device_GiB=80.0, batch_size=3) == []
-    fake = {**e2, "fixed_GiB": 1.0, "per_image_GiB": 0.5, "total_GiB": 1.0 + 0.5 * 64}
-    (m,) = check_memory(fake, device_GiB=16.0, batch_size=64, device_name="H100")
-    assert "estimated 33.0 GiB" in m and "H100's 16.0 GiB" in m and "about 26 fits" in m
+    assert big["student_activations"] > 3.5 * small["student_activations"]  # ~ pixel count
+    assert uses_bf16("auto", True) and not uses_bf16("auto", False) and uses_bf16("bf16", False)
+    assert not uses_bf16("fp32", True)
+    cfg = load_config(None, [*tiny_overrides(small_folder, tmp_path), "scaling.use_gpu=true", "optim.batch_size=64"])
+    fake = {**e3, "fixed": 1.0, "per_image": 0.5, "total": 1.0 + 0.5 * 64}
+    with pytest.raises(ConfigError) as err:
+        check_fits(cfg, t, s, fake, gpu_memory_gb=16.0)
+    m = str(err.value)
+    assert "needs ~33.0 GiB" in m and f"{MEMORY_BUDGET:.0%} of the GPU is 14.4 GiB" in m and "batch_size to 26" in m
+    assert check_fits(cfg, t, s, e3, gpu_memory_gb=80.0)["gpu_memory_available_gib"] == pytest.approx(72.0)
 
 
-def test_check_compatibility_on_a_config_and_cpu_note(small_folder, tmp_path):
+def test_check_compatibility_on_a_config(small_folder, tmp_path):
     cfg = load_config(None, [*tiny_overrides(small_folder, tmp_path), "teacher.kind=timm", "teacher.arch=test_resnet"])
     from rob_ray.models import build_teacher
 
     teacher = build_teacher(cfg.teacher)
     student = build_student(cfg.student, out_dim=teacher.num_prototypes)
-    rep = check_compatibility(cfg, teacher, student)
-    assert rep.errors == [] and rep.memory["total_GiB"] > 0.5 and "CPU run" in rep.notes[0]
-    rep = check_compatibility(cfg, teacher, student, device_GiB=0.1)
-    assert "exceeds 90% of the device's 0.1 GiB" in rep.errors[0]
+    assert check_compatibility(cfg, teacher, student).errors == []
     headless = HeadlessTeacher(timm.create_model("test_resnet", num_classes=0), embed_dim=256, name="bb")
     rep = check_compatibility(cfg, headless, student)
     assert "has no SSL head" in rep.errors[0] and "method.name=feature" in rep.errors[0]
@@ -130,4 +138,5 @@ def test_preflight_refuses_headless_teacher_with_dino(small_folder, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no SSL head" in err and "teacher.head_checkpoint" in err
     assert main(["train", "--dry-run", *over, "method={name: feature}"]) == 0  # the demo config sets DINO keys
-    assert "memory_est_GiB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "memory_est_GiB" in out and "memory check skipped: CPU run" in out

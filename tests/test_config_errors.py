@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rob_ray.checks.preflight import preflight
 from rob_ray.config import ConfigError, load_config
 from rob_ray.data.sources import DataSourceError
 from rob_ray.models.students import StudentBuildError
 from rob_ray.models.teachers.base import TeacherLoadError
-from rob_ray.preflight import preflight
 from tests.conftest import DEMO_DATA, REPO
 
 USER_ERRORS = (ConfigError, DataSourceError, TeacherLoadError, StudentBuildError)

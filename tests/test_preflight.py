@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from rob_ray.checks.memory import MEMORY_BUDGET
+from rob_ray.checks.memory import saved_bytes_per_image as _saved_bytes_per_image
+from rob_ray.checks.preflight import check_teacher_fits, estimate_worker_memory, preflight
 from rob_ray.config import ConfigError, load_config
 from rob_ray.models import build_student, build_teacher
-from rob_ray.preflight import _saved_bytes_per_image, check_teacher_fits, estimate_worker_memory, preflight
 from tests.conftest import tiny_overrides
 
 
@@ -43,7 +45,7 @@ def test_too_small_gpu_names_the_shortfall_and_a_batch_that_fits(small_folder, t
     est = estimate_worker_memory(cfg, teacher, student)
     have = est["fixed"] + 3.5 * est["per_image"]  # room for 3 images per step, not 4
     with pytest.raises(ConfigError) as err:
-        check_teacher_fits(cfg, teacher, student, gpu_memory_gb=have)
+        check_teacher_fits(cfg, teacher, student, gpu_memory_gb=have / MEMORY_BUDGET)
     msg = str(err.value)
     assert "\n" not in msg and "does not fit beside student 'test_resnet'" in msg
     short = float(re.search(r"short by ([\d.]+) GiB", msg).group(1))
@@ -58,9 +60,10 @@ def test_too_small_gpu_names_the_shortfall_and_a_batch_that_fits(small_folder, t
 def test_gpu_fraction_and_the_plan(small_folder, tmp_path):
     base = tiny_overrides(small_folder, tmp_path) + ["scaling.use_gpu=true", "scaling.gpu_memory_gb=80"]
     pre = preflight(load_config(None, base))
-    assert pre.plan["gpu_memory_available_gib"] == 80 and 1.0 < pre.plan["gpu_memory_needed_gib"] < 2.0
+    assert pre.plan["gpu_memory_available_gib"] == 80 * MEMORY_BUDGET and 1.0 < pre.plan["gpu_memory_needed_gib"] < 2.0
+    assert pre.plan["memory_est_GiB"] == pre.plan["gpu_memory_needed_gib"]  # one estimate
     half = preflight(load_config(None, [*base, "scaling.gpus_per_worker=0.5"]), table=pre.table)
-    assert half.plan["gpu_memory_available_gib"] == 40
+    assert half.plan["gpu_memory_available_gib"] == 40 * MEMORY_BUDGET
 
 
 def test_unknown_gpu_size_skips_the_check(small_folder, tmp_path, monkeypatch):

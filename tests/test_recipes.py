@@ -60,3 +60,36 @@ def test_recipe_runs_one_step_at_tiny_size(name, small_folder, tmp_path):
     assert metrics["step"] == 1
     row = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["loss"] == row["loss"] and row["loss"] > 0  # finite (not NaN) and positive
+
+
+# Every shipped train config (benchmark_accuracy.yaml is the benchmark's own format: its `train:` section is
+# checked by tests/experiments). Teacher files are replaced by fixtures in the same official layout.
+DRY_RUN_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "benchmark_accuracy")
+
+
+def _fixture_teacher(cfg, folder: Path) -> list[str]:
+    from tests.method_fixtures import KIND_TEACHERS
+
+    if cfg.method.name == "dino_scratch" or cfg.teacher.kind == "efficientnet_lite0":  # no file / shipped offline
+        return []
+    return [o for o in KIND_TEACHERS[cfg.teacher.kind](folder) if not o.startswith("teacher.kind=")]
+
+
+@pytest.mark.parametrize("name", DRY_RUN_CONFIGS)
+def test_every_shipped_config_passes_dry_run_with_a_fixture_teacher(name, small_folder, tmp_path, capsys):
+    from rob_ray.cli import main
+
+    path = CONFIGS / f"{name}.yaml"
+    full = load_config(path)
+    vit = any(t in full.student.arch for t in ("vit", "deit"))
+    over = [f"data.path={small_folder}", f"run.storage_path={tmp_path / 'runs'}",
+            f"student.arch={'test_vit' if vit else 'test_resnet'}", "student.drop_path_rate=0",
+            "student.head.hidden_dim=64", "student.head.bottleneck_dim=32", "optim.batch_size=4",
+            "augment.global_size=32", "augment.local_size=16", "augment.num_local=2", "scaling.use_gpu=false",
+            "eval.online_knn_every_epochs=0", *_fixture_teacher(full, tmp_path)]
+    if full.method.name == "dino_scratch":
+        over.append("method.out_dim=64")
+    if full.method.name == "msn":
+        over.append("method.projector_hidden_dim=32")
+    assert main(["train", "--config", str(path), "--dry-run", *over]) == 0, capsys.readouterr().err
+    assert "# plan" in capsys.readouterr().out

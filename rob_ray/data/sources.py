@@ -15,14 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rob_ray.data.decode import read_bytes
+from rob_ray.errors import DataSourceError
 
 __all__ = ["IMAGE_EXTENSIONS", "DataSourceError", "ImageTable", "scan_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
-
-class DataSourceError(ValueError):
-    """The configured data cannot be listed (missing path, no images, wrong column)."""
 
 
 @dataclass

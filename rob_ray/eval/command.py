@@ -12,8 +12,6 @@ import sys
 
 __all__ = ["eval_main"]
 
-EXIT_USER_ERROR = 2
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="experiments/run.py eval", description="evaluate frozen features of a run")
@@ -39,10 +37,8 @@ def _csv(text: str) -> list[str]:
 
 def eval_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from rob_ray.cli import _user_errors
-    from rob_ray.errors import EvalInputError
+    from rob_ray.errors import EXIT_USER_ERROR, EvalInputError, RobRayError, first_line
     from rob_ray.eval.runner import evaluate
-    from rob_ray.train.checkpoint import CheckpointError
 
     try:
         try:
@@ -54,8 +50,8 @@ def eval_main(argv: list[str]) -> int:
                            max_images=args.max_images, linear_kwargs={"epochs": args.linear_epochs},
                            lowshot_kwargs={"num_draws": args.draws}, num_actors=args.num_actors, out_dir=args.out)
     # Only errors about the user's input: any other exception is a bug and keeps its traceback.
-    except (*_user_errors(), CheckpointError, EvalInputError) as exc:
-        print(f"eval error: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__, file=sys.stderr)
+    except RobRayError as exc:
+        print(f"eval error: {first_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     print(results["table"])
     print(f"[rob_ray] eval.json, eval.md and plots written to {results['out_dir']} in {results['seconds']:.0f}s")

@@ -104,13 +104,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
                      "pass --checkpoint runs/<name> or a checkpoint_step_* folder")
 
 
-def _head_out_dim(state: dict[str, torch.Tensor]) -> int | None:
-    for k, v in state.items():
-        if k.startswith("head.last_layer.") and v.ndim == 2:
-            return int(v.shape[0])
-    return None
-
-
 def build_embedder(spec: EmbedSpec, device: str | torch.device = "cpu") -> Embedder:
     """Build the frozen model of `spec` on `device` with its embedding function."""
     from rob_ray.config import Config
@@ -137,19 +130,18 @@ def build_embedder(spec: EmbedSpec, device: str | torch.device = "cpu") -> Embed
         return Embedder(teacher, fn, spec.mean or teacher.mean, spec.std or teacher.std, spec.name).to(device)
     if spec.kind != "student":
         raise ValueError(f"embedder kind '{spec.kind}' is unknown; choose student, teacher or timm")
-    from rob_ray.models import build_student
-
-    state = None
-    if spec.state_path is not None:
-        from rob_ray.train.checkpoint import load_state
-
-        state = load_state(spec.state_path)["student"]
     if spec.mean is None or spec.std is None:
         raise ValueError("a student embedder needs the teacher's mean/std in its spec (see eval.runner.student_spec)")
-    out_dim = (_head_out_dim(state) if state is not None else None) or cfg.student.head.out_dim or 16
-    torch.manual_seed(cfg.seed)  # untrained: the same random weights every time
-    student = build_student(cfg.student, out_dim=out_dim)
-    if state is not None:
-        student.load_state_dict(state)
+    if spec.state_path is not None:
+        from rob_ray.methods import restore_student
+        from rob_ray.train.checkpoint import load_state
+
+        # Exactly the network training built (the method's registry entry restores it), loaded strictly.
+        student = restore_student(cfg, load_state(spec.state_path)["student"])
+    else:
+        from rob_ray.models.students import Student, build_backbone
+
+        torch.manual_seed(cfg.seed)  # untrained: the run's step-0 backbone (built first, from the seed alone)
+        student = Student(build_backbone(cfg.student), nn.Identity(), cfg.student.feature)
     fn = student.embed if spec.feature == "auto" else _token_features(student.backbone, spec.feature)
     return Embedder(student, fn, spec.mean, spec.std, spec.name).to(device)

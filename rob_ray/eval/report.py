@@ -26,7 +26,7 @@ def eval_splits(cfg: Config) -> tuple[str, str]:
 
 def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k: int = 20,
                temperature: float = 0.07) -> dict[str, Any]:
-    from rob_ray.methods import build_models, needs_pretrained_teacher
+    from rob_ray.methods import build_models, needs_pretrained_teacher, restore_student
     from rob_ray.train.checkpoint import load_state
 
     bank_path, query_path = eval_splits(cfg)
@@ -36,15 +36,12 @@ def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k:
     size = cfg.augment.global_size
     torch.manual_seed(cfg.seed)  # the same initial weights the run started from
     teacher, untrained = build_models(cfg, teacher)
-    _, trained = build_models(cfg, teacher)
-    untrained.eval(), trained.eval()
+    trained = untrained
+    untrained.eval()
     mean, std = teacher.mean, teacher.std
     if checkpoint_dir is not None:
-        from rob_ray.methods import build_method
-
-        build_method(cfg.method, teacher, trained)  # iBOT/MSN add student parts (mask token, projector)
         state = load_state(checkpoint_dir)
-        trained.load_state_dict(state["student"])
+        trained = restore_student(cfg, state["student"])  # exactly as trained (the method's registry entry)
         if not needs_pretrained_teacher(cfg.method):
             teacher.load_state_dict({k[len("ema."):]: v for k, v in state["method"].items() if k.startswith("ema.")})
     teacher.eval()

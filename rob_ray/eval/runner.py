@@ -128,7 +128,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
              verbose: bool = True) -> dict[str, Any]:
     """Evaluate `models` of the run/checkpoint `checkpoint` on `data` (train/ -> val/); write
     `eval.json`, `eval.md` and PNG plots into `out_dir` (default `<run>/eval`). Returns the results."""
-    from rob_ray.models import build_teacher
+    from rob_ray.methods.models import input_normalisation
     from rob_ray.train.checkpoint import load_state
 
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -142,8 +142,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
     run_dir = find_run_dir(ckpt)
     tables = labelled_splits(data, max_images)
     size = size or cfg.augment.global_size
-    teacher = build_teacher(cfg.teacher)  # its normalisation is the student's input normalisation
-    specs = model_specs(cfg, ckpt, models, (teacher.mean, teacher.std), feature)
+    # The teacher's normalisation is the student's input normalisation (an EMA teacher's: ImageNet's).
+    specs = model_specs(cfg, ckpt, models, input_normalisation(cfg), feature)
     if engine == "ray":
         from rob_ray.train.launch import init_ray
 

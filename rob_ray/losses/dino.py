@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.pairing import batch_and_views, view_pairs
 
 __all__ = ["DinoLoss"]
 
@@ -28,7 +28,8 @@ class DinoLoss(nn.Module):
     Forward:
         student_logits: (V * B, K), views stacked view-major (view 0's B rows first).
         teacher_logits: (G * B, K), the teacher's scores for global views 0..G-1.
-        num_global: how many of the student's V views are global crops (default G).
+        num_teacher_views: G (keyword, required); num_global: how many of the student's V views are
+            global crops (keyword, required) - the convention of `rob_ray.losses.pairing`.
         teacher_temp: overrides tau_t for this call (temperature schedules live in the caller).
     Returns a dict: `loss` (scalar), `teacher_probs` (G * B, K), `student_log_probs` (V * B, K).
     """
@@ -42,27 +43,22 @@ class DinoLoss(nn.Module):
         self.centering, self.center_momentum, self.pairing = centering, center_momentum, pairing
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, num_global: int | None = None,
-                num_teacher_views: int | None = None, teacher_temp: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, num_teacher_views: int,
+                num_global: int, teacher_temp: float | None = None) -> dict[str, torch.Tensor]:
         tau_t = self.teacher_temp if teacher_temp is None else teacher_temp
-        g = num_teacher_views or num_global or 2
-        if teacher_logits.shape[0] % g:
-            raise ValueError(f"teacher_logits rows ({teacher_logits.shape[0]}) are not a multiple of {g} views")
-        batch = teacher_logits.shape[0] // g
-        if student_logits.shape[0] % batch:
-            raise ValueError(f"student_logits rows ({student_logits.shape[0]}) are not a multiple of batch {batch}")
+        g = num_teacher_views
+        _, v = batch_and_views(teacher_logits.shape[0], student_logits.shape[0], g, "logits")
         if student_logits.shape[1] != teacher_logits.shape[1]:
             raise ValueError(
                 f"student head has {student_logits.shape[1]} outputs but the teacher has {teacher_logits.shape[1]} prototypes"
             )
-        v = student_logits.shape[0] // batch
         teacher = teacher_logits.float().detach()
         if self.centering == "ema":
             teacher = teacher - self.center
         t_probs = F.softmax(teacher / tau_t, dim=-1)
         s_logp = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)  # once per crop, not per pair
         t_chunks, s_chunks = t_probs.chunk(g), s_logp.chunk(v)
-        pairs = view_pairs(g, v, num_global if num_global is not None else g, self.pairing)
+        pairs = view_pairs(g, v, num_global, self.pairing)
         loss = sum(-(t_chunks[i] * s_chunks[j]).sum(dim=-1).mean() for i, j in pairs) / len(pairs)
         if self.centering == "ema" and self.training:
             self.update_center(teacher_logits.detach())

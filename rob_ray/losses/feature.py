@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.pairing import batch_and_views, view_pairs
 
 __all__ = ["FeatureLoss"]
 
@@ -24,7 +24,7 @@ class FeatureLoss(nn.Module):
     Forward:
         student_out: (V * B, D) student projector outputs, view-major.
         teacher_emb: (G * B, D) teacher embeddings of the global views (normalised here; any scale).
-        num_global: how many of the student's V views are global crops (default G).
+        num_teacher_views: G; num_global: global crops among the student's V views (keyword, required).
     Returns a dict: `loss` (scalar in [0, 2]), `cosine` (mean cosine over the pairs, detached).
     """
 
@@ -32,23 +32,18 @@ class FeatureLoss(nn.Module):
         super().__init__()
         self.pairing = pairing
 
-    def forward(self, student_out: torch.Tensor, teacher_emb: torch.Tensor, num_global: int | None = None,
-                num_teacher_views: int | None = None) -> dict[str, torch.Tensor]:
-        g = num_teacher_views or num_global or 2
-        if teacher_emb.shape[0] % g:
-            raise ValueError(f"teacher embeddings rows ({teacher_emb.shape[0]}) are not a multiple of {g} views")
-        batch = teacher_emb.shape[0] // g
-        if student_out.shape[0] % batch:
-            raise ValueError(f"student rows ({student_out.shape[0]}) are not a multiple of batch {batch}")
+    def forward(self, student_out: torch.Tensor, teacher_emb: torch.Tensor, *, num_teacher_views: int,
+                num_global: int) -> dict[str, torch.Tensor]:
+        g = num_teacher_views
+        _, v = batch_and_views(teacher_emb.shape[0], student_out.shape[0], g, "embedding")
         if student_out.shape[1] != teacher_emb.shape[1]:
             raise ValueError(
                 f"student head has {student_out.shape[1]} outputs but the teacher embedding is {teacher_emb.shape[1]}-d; "
                 "the feature objective needs student.head.out_dim unset (= teacher embedding width)"
             )
-        v = student_out.shape[0] // batch
         t = F.normalize(teacher_emb.float().detach(), dim=-1, eps=1e-6)
         s = F.normalize(student_out.float(), dim=-1, eps=1e-6)  # once per crop, not per pair
         t_chunks, s_chunks = t.chunk(g), s.chunk(v)
-        pairs = view_pairs(g, v, num_global if num_global is not None else g, self.pairing)
+        pairs = view_pairs(g, v, num_global, self.pairing)
         cos = sum((t_chunks[i] * s_chunks[j]).sum(dim=-1).mean() for i, j in pairs) / len(pairs)
         return {"loss": 1.0 - cos, "cosine": cos.detach()}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.pairing import batch_and_views, view_pairs
 
 __all__ = ["IbotLoss"]
 
@@ -33,7 +33,7 @@ class IbotLoss(nn.Module):
             (M, K) in `masks[masks]` order (the student skips the visible patches).
         teacher_cls: (G * B, K); teacher_patch: (G * B, P, K) of the unmasked global views.
         masks: (G * B, P) or (G * B, h, w) bool, True = masked in the student's input.
-        num_global: how many student views are global crops (default G).
+        num_teacher_views: G; num_global: global crops among the student's V views (keyword, required).
     Returns a dict: `loss`, `cls`, `patch` (weighted terms), `teacher_probs` (G * B, K) and
     `student_log_probs` (V * B, K) of the class tokens.
     """
@@ -47,26 +47,21 @@ class IbotLoss(nn.Module):
         self.lambda1, self.lambda2, self.pairing = lambda1, lambda2, pairing
 
     def forward(self, student_cls: torch.Tensor, student_patch: torch.Tensor | None, teacher_cls: torch.Tensor,
-                teacher_patch: torch.Tensor | None, masks: torch.Tensor | None,
-                num_global: int | None = None) -> dict[str, torch.Tensor]:
-        g = num_global or 2
-        if teacher_cls.shape[0] % g:
-            raise ValueError(f"teacher_cls rows ({teacher_cls.shape[0]}) are not a multiple of {g} views")
-        batch = teacher_cls.shape[0] // g
-        if student_cls.shape[0] % batch:
-            raise ValueError(f"student_cls rows ({student_cls.shape[0]}) are not a multiple of batch {batch}")
+                teacher_patch: torch.Tensor | None, masks: torch.Tensor | None, *, num_teacher_views: int,
+                num_global: int) -> dict[str, torch.Tensor]:
+        g = num_teacher_views
+        batch, v = batch_and_views(teacher_cls.shape[0], student_cls.shape[0], g, "cls")
         if student_cls.shape[1] != teacher_cls.shape[1]:
             raise ValueError(
                 f"student head has {student_cls.shape[1]} outputs but the teacher has {teacher_cls.shape[1]} prototypes"
             )
-        v = student_cls.shape[0] // batch
         t_probs = F.softmax(teacher_cls.float().detach() / self.teacher_temp, dim=-1)
         s_logp = F.log_softmax(student_cls.float() / self.student_temp, dim=-1)
         zero = s_logp.sum() * 0.0
         cls_term = zero
         if self.lambda1 > 0:
             t_chunks, s_chunks = t_probs.chunk(g), s_logp.chunk(v)
-            pairs = view_pairs(g, v, g, self.pairing)
+            pairs = view_pairs(g, v, num_global, self.pairing)
             cls_term = sum(-(t_chunks[i] * s_chunks[j]).sum(-1).mean() for i, j in pairs) / len(pairs)
         patch_term = zero
         if self.lambda2 > 0:

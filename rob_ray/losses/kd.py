@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.pairing import batch_and_views, view_pairs
 
 __all__ = ["KDLoss"]
 
@@ -24,8 +24,8 @@ class KDLoss(nn.Module):
         pairing: "same_view" (teacher view i with student view i and every local) or "swapped".
 
     Forward:
-        student_logits: (V * B, K); teacher_logits: (G * B, K); labels: (B,) int64 (-1 = unlabelled);
-        num_global: global crops among the student's V views.
+        student_logits: (V * B, K); teacher_logits: (G * B, K); labels: (B,) int64 (-1 = unlabelled) or None;
+        num_teacher_views: G; num_global: global crops among the student's V views (keyword, required).
     Returns a dict: `loss`, `kd`, `ce`, `teacher_probs` (G * B, K), `student_log_probs` (V * B, K) at T.
     Raises ValueError when alpha < 1 and a label is missing.
     """
@@ -36,11 +36,12 @@ class KDLoss(nn.Module):
             raise ValueError(f"kd alpha must be in [0, 1], got {alpha}")
         self.alpha, self.temperature, self.pairing = alpha, temperature, pairing
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
-                num_global: int) -> dict[str, torch.Tensor]:
-        batch = teacher_logits.shape[0] // num_global if labels is None else labels.shape[0]
-        g = teacher_logits.shape[0] // batch
-        v = student_logits.shape[0] // batch
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
+                num_teacher_views: int, num_global: int) -> dict[str, torch.Tensor]:
+        g = num_teacher_views
+        batch, v = batch_and_views(teacher_logits.shape[0], student_logits.shape[0], g, "logits")
+        if labels is not None and labels.shape[0] != batch:
+            raise ValueError(f"labels has {labels.shape[0]} rows but the batch is {batch}")
         if student_logits.shape[1] != teacher_logits.shape[1]:
             raise ValueError(f"student has {student_logits.shape[1]} logits, the teacher {teacher_logits.shape[1]}")
         temp = self.temperature

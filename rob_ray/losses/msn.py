@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.pairing import batch_and_views, view_pairs
 from rob_ray.losses.sinkhorn import sinkhorn_knopp
 
 __all__ = ["MsnLoss", "msn_sinkhorn"]
@@ -67,7 +67,7 @@ class MsnLoss(nn.Module):
     Forward:
         student_scores: (V * B, K) cosine similarities of the student's projections to the prototypes.
         teacher_scores: (G * B, K) the teacher's cosine similarities on its (unmasked) global views.
-        num_global: how many student views are global crops (default G).
+        num_teacher_views: G; num_global: global crops among the student's V views (keyword, required).
     Returns a dict: `loss`, `ce`, `me_max`, `teacher_probs` (G * B, K), `student_log_probs` (V * B, K).
     """
 
@@ -78,23 +78,18 @@ class MsnLoss(nn.Module):
         self.sinkhorn, self.sinkhorn_iters = sinkhorn, sinkhorn_iters
         self.me_max, self.me_max_weight = me_max, me_max_weight
 
-    def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor,
-                num_global: int | None = None) -> dict[str, torch.Tensor]:
-        g = num_global or 2
-        if teacher_scores.shape[0] % g:
-            raise ValueError(f"teacher_scores rows ({teacher_scores.shape[0]}) are not a multiple of {g} views")
-        batch = teacher_scores.shape[0] // g
-        if student_scores.shape[0] % batch:
-            raise ValueError(f"student_scores rows ({student_scores.shape[0]}) are not a multiple of batch {batch}")
+    def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, *, num_teacher_views: int,
+                num_global: int) -> dict[str, torch.Tensor]:
+        g = num_teacher_views
+        _, v = batch_and_views(teacher_scores.shape[0], student_scores.shape[0], g)
         if student_scores.shape[1] != teacher_scores.shape[1]:
             raise ValueError(f"student scores have {student_scores.shape[1]} prototypes, teacher {teacher_scores.shape[1]}")
-        v = student_scores.shape[0] // batch
         t_probs = F.softmax(teacher_scores.float().detach() / self.teacher_temp, dim=-1)
         if self.sinkhorn:
             t_probs = msn_sinkhorn(t_probs, self.sinkhorn_iters)
         s_logp = F.log_softmax(student_scores.float() / self.student_temp, dim=-1)
         t_chunks, s_chunks = t_probs.chunk(g), s_logp.chunk(v)
-        pairs = view_pairs(g, v, g, self.pairing)
+        pairs = view_pairs(g, v, num_global, self.pairing)
         ce = sum(-(t_chunks[i] * s_chunks[j]).sum(-1).mean() for i, j in pairs) / len(pairs)
         reg = ce.detach() * 0.0
         if self.me_max:

@@ -1,8 +1,14 @@
-"""Which (teacher view, student view) pairs a multi-crop loss averages over."""
+"""Which (teacher view, student view) pairs a multi-crop loss averages over, and the one view-count
+convention every loss follows.
+
+Convention: a loss's `forward` takes the scores and, keyword-only and required, `num_teacher_views` (G:
+how many views the teacher scored, stacked view-major in its rows) and `num_global` (how many of the
+student's V views are global crops). Nothing is inferred: a one-view teacher is said to be one view.
+`batch_and_views` derives B and V from those counts and refuses rows that do not divide."""
 
 from __future__ import annotations
 
-__all__ = ["PAIRINGS", "view_pairs"]
+__all__ = ["PAIRINGS", "batch_and_views", "view_pairs"]
 
 PAIRINGS = ("same_view", "swapped")
 
@@ -29,3 +35,15 @@ def view_pairs(num_teacher_views: int, num_student_views: int, num_global: int, 
             f"no view pair: {num_teacher_views} teacher view(s), {num_student_views} student view(s), pairing '{pairing}'"
         )
     return pairs
+
+
+def batch_and_views(teacher_rows: int, student_rows: int, num_teacher_views: int, what: str = "scores") -> tuple[int, int]:
+    """(B, V) from the row counts: teacher rows = G * B, student rows = V * B. Raises ValueError."""
+    if num_teacher_views < 1:
+        raise ValueError(f"num_teacher_views must be >= 1, got {num_teacher_views}")
+    if teacher_rows % num_teacher_views:
+        raise ValueError(f"teacher {what} rows ({teacher_rows}) are not a multiple of {num_teacher_views} views")
+    batch = teacher_rows // num_teacher_views
+    if batch == 0 or student_rows % batch:
+        raise ValueError(f"student {what} rows ({student_rows}) are not a multiple of batch {batch}")
+    return batch, student_rows // batch

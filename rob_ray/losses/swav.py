@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rob_ray.losses.pairing import view_pairs
+from rob_ray.losses.pairing import batch_and_views, view_pairs
 from rob_ray.losses.sinkhorn import sinkhorn_knopp
 
 __all__ = ["SwavLoss"]
@@ -28,8 +28,9 @@ class SwavLoss(nn.Module):
         num_teacher_views: G, the global crops the teacher scores (1 or 2); the queue keeps one per view.
 
     Forward:
-        student_scores: (V * B, K) view-major; teacher_scores: (G * B, K); num_global: global crops
-        among the student's V views.
+        student_scores: (V * B, K) view-major; teacher_scores: (G * B, K); num_teacher_views (must be
+        the constructor's G: the queue is allocated per view) and num_global (global crops among the
+        student's V views), keyword, required.
     Returns a dict: `loss`, `teacher_probs` (G * B, K) codes, `student_log_probs` (V * B, K).
     """
 
@@ -43,17 +44,15 @@ class SwavLoss(nn.Module):
         self.register_buffer("queue", torch.zeros(num_teacher_views, queue_length, num_prototypes))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
 
-    def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor,
-                num_global: int | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, *, num_teacher_views: int,
+                num_global: int) -> dict[str, torch.Tensor]:
         g = self.num_teacher_views
-        if teacher_scores.shape[0] % g:
-            raise ValueError(f"teacher_scores rows ({teacher_scores.shape[0]}) are not a multiple of {g} views")
-        batch = teacher_scores.shape[0] // g
-        if student_scores.shape[0] % batch:
-            raise ValueError(f"student_scores rows ({student_scores.shape[0]}) are not a multiple of batch {batch}")
+        if num_teacher_views != g:
+            raise ValueError(f"this SwavLoss was built for {g} teacher view(s) (its queue has one row set per view), "
+                             f"called with {num_teacher_views}")
+        batch, v = batch_and_views(teacher_scores.shape[0], student_scores.shape[0], g)
         if student_scores.shape[1] != teacher_scores.shape[1]:
             raise ValueError(f"student scores have {student_scores.shape[1]} prototypes, the teacher {teacher_scores.shape[1]}")
-        v = student_scores.shape[0] // batch
         teacher = teacher_scores.detach().float()
         use_queue = self.queue_length > 0 and int(self.queue_count) >= self.queue_length
         codes = []
@@ -67,7 +66,7 @@ class SwavLoss(nn.Module):
             self._push(teacher.chunk(g))
         s_logp = F.log_softmax(student_scores.float() / self.student_temp, dim=-1)
         s_chunks = s_logp.chunk(v)
-        pairs = view_pairs(g, v, num_global if num_global is not None else g, self.pairing)
+        pairs = view_pairs(g, v, num_global, self.pairing)
         loss = sum(-(codes[i] * s_chunks[j]).sum(dim=-1).mean() for i, j in pairs) / len(pairs)
         return {"loss": loss, "teacher_probs": torch.cat(codes), "student_log_probs": s_logp}
 

@@ -8,8 +8,13 @@ import torch
 
 from rob_ray.losses.dino import DinoLoss
 from rob_ray.methods.base import Method, StepOutput, Views
+from rob_ray.methods.models import dino_student, state_shape
+from rob_ray.methods.registry import MethodEntry, register_method
 
-__all__ = ["DinoMethod"]
+__all__ = ["DINO_PROTOTYPES_KEY", "DinoMethod"]
+
+# The student's DINO-head prototypes in its state_dict: (K, bottleneck) -> K.
+DINO_PROTOTYPES_KEY = "head.last_layer.parametrizations.weight.original1"
 
 
 class DinoMethod(Method):
@@ -23,5 +28,20 @@ class DinoMethod(Method):
         with torch.no_grad():
             t_logits = run_teacher(views.globals_)
         s_logits = run_student(views.crops())
-        out = self.loss(s_logits, t_logits, num_global=views.num_global)
+        out = self.loss(s_logits, t_logits, num_teacher_views=views.num_global, num_global=views.num_global)
         return StepOutput(out["loss"], out["teacher_probs"], out["student_log_probs"])
+
+
+def _loss(m, teacher) -> DinoLoss:
+    return DinoLoss(teacher.num_prototypes, teacher_temp=m.teacher_temp, student_temp=m.student_temp,
+                    centering=m.centering, center_momentum=m.center_momentum, pairing=m.pairing)
+
+
+register_method(MethodEntry(
+    name="dino", config="DinoMethodConfig", method=DinoMethod, build_loss=_loss,
+    needs=("teacher_head",),
+    head_width=lambda cfg, teacher: (int(teacher.num_prototypes), "prototype count"),
+    build_student=lambda cfg, teacher: dino_student(cfg, teacher.num_prototypes),
+    restore_student=lambda cfg, state: dino_student(cfg, state_shape(state, DINO_PROTOTYPES_KEY)),
+    summary="CE(softmax(t/τt), log_softmax(s/τs)) against the teacher's prototypes",
+))

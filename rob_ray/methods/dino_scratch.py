@@ -11,7 +11,10 @@ import torch
 
 from rob_ray.losses.dino import DinoLoss
 from rob_ray.methods.base import Method, StepOutput, Views
+from rob_ray.methods.dino import DINO_PROTOTYPES_KEY
 from rob_ray.methods.ema import EmaTeacher
+from rob_ray.methods.models import dino_student, state_shape
+from rob_ray.methods.registry import MethodEntry, register_method
 from rob_ray.train.schedules import cosine_schedule, teacher_temp_schedule
 
 __all__ = ["ScratchDinoMethod"]
@@ -55,7 +58,7 @@ class ScratchDinoMethod(Method):
             t_logits = run_teacher(views.globals_)
         s_logits = run_student(views.crops())
         self._step = step
-        out = self.loss(s_logits, t_logits, num_global=views.num_global,
+        out = self.loss(s_logits, t_logits, num_teacher_views=views.num_global, num_global=views.num_global,
                         teacher_temp=self._at(self.temp_sched, step, "teacher temperature"))
         return StepOutput(out["loss"], out["teacher_probs"], out["student_log_probs"])
 
@@ -66,3 +69,21 @@ class ScratchDinoMethod(Method):
         step = getattr(self, "_step", 0)
         return {"teacher_momentum": self._at(self.momentum_sched, step, "teacher momentum"),
                 "teacher_temp": self._at(self.temp_sched, step, "teacher temperature")}
+
+
+def _loss(m, teacher) -> DinoLoss:
+    return DinoLoss(m.out_dim, teacher_temp=m.teacher_temp, student_temp=m.student_temp, centering="ema",
+                    center_momentum=m.center_momentum, pairing=m.pairing)
+
+
+register_method(MethodEntry(
+    name="dino_scratch", config="ScratchDinoMethodConfig", method=ScratchDinoMethod, build_loss=_loss,
+    teacher="ema", build_teacher=lambda cfg, student: EmaTeacher(student, cfg.method.out_dim),
+    method_kwargs=lambda m: dict(momentum_teacher=m.momentum_teacher, teacher_temp=m.teacher_temp,
+                                 warmup_teacher_temp=m.warmup_teacher_temp,
+                                 warmup_teacher_temp_epochs=m.warmup_teacher_temp_epochs),
+    head_width=lambda cfg, teacher: (int(cfg.method.out_dim), "method.out_dim"),
+    build_student=lambda cfg, teacher: dino_student(cfg, cfg.method.out_dim),
+    restore_student=lambda cfg, state: dino_student(cfg, state_shape(state, DINO_PROTOTYPES_KEY)),
+    summary="original DINO from scratch (EMA teacher, centering, τt warm-up): the baseline",
+))

@@ -31,7 +31,18 @@ class EmaTeacher(nn.Module):
         self.num_prototypes = int(num_prototypes)
         self.mean, self.std = tuple(mean), tuple(std)
         self.name = "ema(student)"
-        self.patch_size = None
+        self.embed_dim = int(getattr(student.head, "in_dim", 0)) or None
+        patch = getattr(getattr(student.backbone, "patch_embed", None), "patch_size", None)
+        self.patch_size = (int(patch[0]) if isinstance(patch, tuple | list) else int(patch)) if patch else None
+
+    # The teacher contract's parts (the pre-launch checks read them as on any pretrained teacher).
+    @property
+    def backbone(self) -> nn.Module:
+        return self.net.backbone
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.head
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

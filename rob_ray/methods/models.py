@@ -1,84 +1,94 @@
-"""Which teacher and student a method trains with (the one place the loop, preflight and the k-NN
-report ask): RoB methods load the pretrained teacher and size the student from it; SSL-from-scratch
-needs no teacher file — its teacher is an EMA copy of the student."""
+"""Which teacher and student a method trains with, asked of the method registry (the one place the loop,
+preflight, the k-NN report, eval and export go through): a pretrained teacher sizes the student's head;
+SSL-from-scratch builds its teacher (an EMA copy) from the student. `restore_student` rebuilds a trained
+student from a checkpoint exactly as it was trained, without loading the teacher."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from rob_ray.config import Config
 
-__all__ = ["build_models", "needs_pretrained_teacher"]
+__all__ = ["build_models", "dino_student", "input_normalisation", "needs_pretrained_teacher", "restore_student",
+           "state_shape"]
 
 
 def needs_pretrained_teacher(method_cfg: Any) -> bool:
-    return method_cfg.name != "dino_scratch"
+    from rob_ray.methods.registry import get_method
+
+    return get_method(method_cfg.name).teacher == "pretrained"
 
 
 def build_models(cfg: Config, teacher: Any = None) -> tuple[nn.Module, nn.Module]:
-    """(teacher, student) for `cfg.method`; pass an already built pretrained `teacher` to reuse it."""
-    from rob_ray.models import build_student, build_teacher
+    """(teacher, student) for `cfg.method`; pass an already built pretrained `teacher` to reuse it.
 
-    name = cfg.method.name
-    if name == "dino_scratch":
-        from rob_ray.methods.ema import EmaTeacher
+    The method's needs (`rob_ray.methods.needs`) are checked here, so a mismatch is one ConfigError line."""
+    from rob_ray.methods.needs import check_needs, raise_first
+    from rob_ray.methods.registry import get_method
 
-        student = build_student(cfg.student, out_dim=cfg.method.out_dim)
-        return EmaTeacher(student, cfg.method.out_dim), student
+    entry = get_method(cfg.method.name)
+    if entry.teacher == "ema":
+        student = entry.build_student(cfg, None)
+        return entry.build_teacher(cfg, student), student
     if teacher is None:
-        import torch
+        from rob_ray.models import build_teacher
 
         # The teacher's construction must not consume the global RNG: the student's initial weights
         # then depend on the seed alone, so the k-NN report's "untrained" student is the run's step 0.
         with torch.random.fork_rng(devices=[]):
             teacher = build_teacher(cfg.teacher)
-    if name == "swav":
-        return teacher, _swav_student(cfg, teacher)
-    if name == "kd":
-        return teacher, _kd_student(cfg, teacher)
-    from rob_ray.errors import ConfigError
-    from rob_ray.models.teachers.base import TeacherLoadError
-    from rob_ray.models.teachers.headless import student_out_dim
+    raise_first(check_needs(cfg, teacher))
+    student = entry.build_student(cfg, teacher)
+    raise_first(check_needs(cfg, teacher, student))
+    return teacher, student
 
-    # Prototype methods size the head from the teacher's prototypes; `feature` from its embedding;
-    # a headless teacher with a prototype method is refused there.
+
+def input_normalisation(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the student's crops were normalised with: its teacher's (an EMA teacher: ImageNet's)."""
+    from rob_ray.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD
+
+    if not needs_pretrained_teacher(cfg.method):
+        return IMAGENET_MEAN, IMAGENET_STD
+    from rob_ray.models import build_teacher
+
+    teacher = build_teacher(cfg.teacher)
+    return teacher.mean, teacher.std
+
+
+def restore_student(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The trained student of a checkpoint (`state` = its `student` state_dict), loaded strictly.
+
+    Raises CheckpointError (one line) when the state does not fit the network the config describes."""
+    from rob_ray.errors import CheckpointError
+    from rob_ray.methods.registry import get_method
+
+    entry = get_method(cfg.method.name)
+    with torch.random.fork_rng(devices=[]):  # the skeleton's random init is overwritten: keep the RNG as it was
+        student = entry.restore_student(cfg, state)
     try:
-        out_dim = student_out_dim(name, teacher)
-    except TeacherLoadError as exc:  # a headless teacher with a prototype method: a config mistake
-        raise ConfigError(f"config error: {exc}") from None
-    return teacher, build_student(cfg.student, out_dim=out_dim)
+        student.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc)[:160])
+        raise CheckpointError(f"the checkpoint's student does not fit method '{cfg.method.name}' with student.arch "
+                              f"'{cfg.student.arch}' ({detail}); was it written by another config?") from None
+    return student.eval()
 
 
-def _swav_student(cfg: Config, teacher: Any) -> nn.Module:
-    """Backbone + SwAV projection head scoring against the teacher's frozen prototypes (or its own K)."""
-    from rob_ray.config import ConfigError
-    from rob_ray.models import build_student
-    from rob_ray.models.swav_head import SwavHead
+def state_shape(state: dict[str, torch.Tensor], key: str, dim: int = 0) -> int:
+    """`state[key].shape[dim]`, or a CheckpointError naming the missing key."""
+    if key not in state:
+        from rob_ray.errors import CheckpointError
 
-    protos = getattr(teacher, "prototypes", None)
-    if cfg.method.prototypes == "teacher" and protos is None:
-        raise ConfigError(
-            f"config error: method.prototypes = 'teacher' needs a teacher with SwAV prototypes (teacher.kind=swav), "
-            f"but '{teacher.name}' has none; use teacher.kind=swav or method.prototypes=student"
-        )
-    # build_student makes the timm backbone; its DINO head is replaced by the SwAV head.
-    student = build_student(cfg.student, out_dim=1)
-    dim = int(protos.shape[1]) if protos is not None else cfg.student.head.bottleneck_dim
-    if cfg.method.prototypes == "teacher":
-        student.head = SwavHead(student.head.in_dim, dim, cfg.student.head.hidden_dim, frozen_prototypes=protos.cpu())
-    else:
-        student.head = SwavHead(student.head.in_dim, dim, cfg.student.head.hidden_dim,
-                                num_prototypes=teacher.num_prototypes)
-    return student
+        raise CheckpointError(f"the checkpoint's student has no '{key}'; it was not trained with this method")
+    return int(state[key].shape[dim])
 
 
-def _kd_student(cfg: Config, teacher: Any) -> nn.Module:
-    """Backbone + a linear classifier over the teacher's classes (Hinton et al. 2015)."""
+def dino_student(cfg: Config, out_dim: int) -> nn.Module:
+    """timm backbone + DINO head with `out_dim` prototypes (student.head.out_dim wins when set)."""
     from rob_ray.models import build_student
 
-    student = build_student(cfg.student, out_dim=1)
-    student.head = nn.Linear(student.head.in_dim, teacher.num_prototypes)
-    return student
+    return build_student(cfg.student, out_dim=out_dim)

@@ -8,16 +8,13 @@ import timm
 import torch
 from torch import nn
 
+from rob_ray.errors import StudentBuildError
 from rob_ray.models.heads import DINOHead
 
 if TYPE_CHECKING:
     from rob_ray.config import StudentConfig
 
-__all__ = ["Student", "StudentBuildError", "build_student", "feature_width"]
-
-
-class StudentBuildError(ValueError):
-    pass
+__all__ = ["Student", "StudentBuildError", "build_backbone", "build_student", "feature_width"]
 
 
 def feature_width(backbone: nn.Module, feature: str) -> int:
@@ -60,8 +57,8 @@ class Student(nn.Module):
         return self.head(torch.cat([self.embed(c) for c in crops]))
 
 
-def build_student(cfg: StudentConfig, out_dim: int) -> Student:
-    """Create the timm backbone and a head with `out_dim` prototypes (the teacher's count)."""
+def build_backbone(cfg: StudentConfig) -> nn.Module:
+    """The student's timm backbone (num_classes=0). Raises StudentBuildError for an unknown name."""
     try:
         kwargs = {"num_classes": 0, "pretrained": cfg.pretrained}
         if cfg.drop_path_rate:
@@ -69,7 +66,7 @@ def build_student(cfg: StudentConfig, out_dim: int) -> Student:
         if "vit" in cfg.arch or "deit" in cfg.arch:
             # Multi-crop feeds 96 px locals to a ViT trained at 224: interpolate position embeddings.
             kwargs["dynamic_img_size"] = True
-        backbone = timm.create_model(cfg.arch, **kwargs)
+        return timm.create_model(cfg.arch, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             close = timm.list_models(f"*{cfg.arch.split('_')[0]}*")[:8]
@@ -77,6 +74,11 @@ def build_student(cfg: StudentConfig, out_dim: int) -> Student:
                 f"student.arch '{cfg.arch}' is not a timm model; similar names: {', '.join(close) or 'none'}"
             ) from None
         raise
+
+
+def build_student(cfg: StudentConfig, out_dim: int) -> Student:
+    """The timm backbone + a DINO head with `out_dim` prototypes (the teacher's count)."""
+    backbone = build_backbone(cfg)
     h = cfg.head
     head = DINOHead(feature_width(backbone, cfg.feature), h.out_dim or out_dim, hidden_dim=h.hidden_dim,
                     bottleneck_dim=h.bottleneck_dim, num_layers=h.num_layers, use_bn=h.use_bn,

@@ -18,9 +18,10 @@ __all__ = ["add_mask_token", "forward_token_views", "require_vit", "vit_patch_si
 
 
 def require_vit(backbone: nn.Module, method: str) -> VisionTransformer:
-    """The student's timm ViT, or a one-line error naming the fix."""
+    """The student's timm ViT, or a one-line error naming the fix (a runtime guard: the `vit_student` need
+    of `rob_ray.methods.needs` refuses such a student before launch)."""
     if not isinstance(backbone, VisionTransformer) or backbone.cls_token is None:
-        from rob_ray.config import ConfigError
+        from rob_ray.errors import ConfigError
 
         raise ConfigError(
             f"config error: method.name={method} needs a ViT student with a class token "

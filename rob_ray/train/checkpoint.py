@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from rob_ray.errors import CheckpointError
+
 __all__ = [
     "CheckpointError",
     "LocalCheckpoints",
@@ -32,10 +34,6 @@ __all__ = [
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def file_sha256(path: str | Path) -> str:

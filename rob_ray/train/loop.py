@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rob_ray.checks.memory import uses_bf16
 from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
@@ -80,7 +81,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     if not is_cuda:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)  # same initial student on every rank (DDP also broadcasts it)
-    use_bf16 = cfg.run.precision == "bf16" or (cfg.run.precision == "auto" and is_cuda)
+    use_bf16 = uses_bf16(cfg.run.precision, is_cuda)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     channels_last = cfg.run.channels_last
 

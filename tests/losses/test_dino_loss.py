@@ -51,7 +51,7 @@ def test_matches_reference_no_centering(pairing, g, locals_, batch, k, ts, tt):
     student = torch.randn(v * batch, k) * 3
     teacher = torch.randn(g * batch, k) * 3
     loss = DinoLoss(k, teacher_temp=tt, student_temp=ts, pairing=pairing)
-    out = loss(student, teacher, num_global=g)
+    out = loss(student, teacher, num_teacher_views=g, num_global=g)
     assert out["loss"].item() == pytest.approx(reference_loss(student, teacher, g, v, batch, ts, tt, pairing), rel=1e-5)
 
 
@@ -63,7 +63,7 @@ def test_matches_reference_with_ema_centering(pairing):
     center = torch.zeros(1, k)
     for _ in range(3):  # the centre moves between calls: check loss and centre each time
         student, teacher = torch.randn(v * batch, k), torch.randn(g * batch, k)
-        out = loss(student, teacher, num_global=g)
+        out = loss(student, teacher, num_teacher_views=g, num_global=g)
         expected = reference_loss(student, teacher, g, v, batch, 0.1, 0.07, pairing, center=center)
         assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
         center = center * m + teacher.mean(0, keepdim=True) * (1 - m)
@@ -72,7 +72,7 @@ def test_matches_reference_with_ema_centering(pairing):
 
 def test_no_centering_leaves_center_untouched_and_pairs_are_robs():
     loss = DinoLoss(4)
-    loss(torch.randn(8, 4), torch.randn(4, 4), num_global=2)
+    loss(torch.randn(8, 4), torch.randn(4, 4), num_teacher_views=2, num_global=2)
     assert torch.count_nonzero(loss.center) == 0
     assert view_pairs(2, 4, 2, "same_view") == [(0, 0), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
     assert view_pairs(2, 3, 2, "swapped") == [(0, 1), (0, 2), (1, 0), (1, 2)]
@@ -81,7 +81,7 @@ def test_no_centering_leaves_center_untouched_and_pairs_are_robs():
 def test_gradient_flows_to_student_only():
     student = torch.randn(6, 5, requires_grad=True)
     teacher = torch.randn(4, 5, requires_grad=True)
-    DinoLoss(5)(student, teacher, num_global=2)["loss"].backward()
+    DinoLoss(5)(student, teacher, num_teacher_views=2, num_global=2)["loss"].backward()
     assert student.grad is not None and torch.count_nonzero(student.grad) > 0
     assert teacher.grad is None
 
@@ -89,8 +89,8 @@ def test_gradient_flows_to_student_only():
 def test_shape_errors_are_explicit():
     loss = DinoLoss(5)
     with pytest.raises(ValueError, match="not a multiple of 2 views"):
-        loss(torch.randn(6, 5), torch.randn(3, 5), num_global=2)
+        loss(torch.randn(6, 5), torch.randn(3, 5), num_teacher_views=2, num_global=2)
     with pytest.raises(ValueError, match="student head has 4 outputs but the teacher has 5 prototypes"):
-        loss(torch.randn(4, 4), torch.randn(4, 5), num_global=2)
+        loss(torch.randn(4, 4), torch.randn(4, 5), num_teacher_views=2, num_global=2)
     with pytest.raises(ValueError, match="no view pair"):
-        DinoLoss(5, pairing="swapped")(torch.randn(2, 5), torch.randn(2, 5), num_global=1)
+        DinoLoss(5, pairing="swapped")(torch.randn(2, 5), torch.randn(2, 5), num_teacher_views=1, num_global=1)

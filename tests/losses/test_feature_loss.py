@@ -26,16 +26,16 @@ def _reference(s, t, b, g, v, pairing):
 def test_feature_loss_matches_pairwise_cosine_loop(b, g, v, d, pairing):
     gen = torch.Generator().manual_seed(b * 10 + v)
     s, t = torch.randn(v * b, d, generator=gen), 5 * torch.randn(g * b, d, generator=gen)
-    out = FeatureLoss(pairing)(s, t, num_global=g)
+    out = FeatureLoss(pairing)(s, t, num_teacher_views=g, num_global=g)
     assert out["loss"].item() == pytest.approx(_reference(s, t, b, g, v, pairing), rel=1e-5)
 
 
 def test_aligned_student_has_zero_loss_whatever_the_scale():
     t = torch.randn(2 * 4, 8)
-    assert FeatureLoss()(3.0 * t, t, num_global=2)["loss"].item() == pytest.approx(0.0, abs=1e-6)
-    assert FeatureLoss()(-t, t, num_global=2)["loss"].item() == pytest.approx(2.0, abs=1e-6)
+    assert FeatureLoss()(3.0 * t, t, num_teacher_views=2, num_global=2)["loss"].item() == pytest.approx(0.0, abs=1e-6)
+    assert FeatureLoss()(-t, t, num_teacher_views=2, num_global=2)["loss"].item() == pytest.approx(2.0, abs=1e-6)
 
 
 def test_feature_loss_width_mismatch_is_one_line():
     with pytest.raises(ValueError, match="student head has 4 outputs but the teacher embedding is 6-d"):
-        FeatureLoss()(torch.randn(4, 4), torch.randn(4, 6), num_global=2)
+        FeatureLoss()(torch.randn(4, 4), torch.randn(4, 6), num_teacher_views=2, num_global=2)

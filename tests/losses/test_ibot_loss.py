@@ -67,10 +67,10 @@ def test_matches_reference(pairing, g, locals_):
     loss = IbotLoss(teacher_temp=0.07, teacher_patch_temp=0.05, student_temp=0.1, lambda1=0.7, lambda2=1.3,
                     pairing=pairing)
     expected = reference(s_cls, s_patch, t_cls, t_patch, masks, g, v, batch, 0.07, 0.05, 0.1, 0.7, 1.3, pairing)
-    out = loss(s_cls, s_patch, t_cls, t_patch, masks, num_global=g)
+    out = loss(s_cls, s_patch, t_cls, t_patch, masks, num_teacher_views=g, num_global=g)
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
     # The student may send only its masked patch rows (what the method does): same value.
-    packed = loss(s_cls, s_patch[masks], t_cls, t_patch, masks.view(g * batch, 1, patches), num_global=g)
+    packed = loss(s_cls, s_patch[masks], t_cls, t_patch, masks.view(g * batch, 1, patches), num_teacher_views=g, num_global=g)
     assert packed["loss"].item() == pytest.approx(expected, rel=1e-5)
     assert (out["cls"] + out["patch"]).item() == pytest.approx(expected, rel=1e-5)
 
@@ -81,9 +81,9 @@ def test_each_term_alone_and_gradients():
     s_patch = torch.randn(4, 3, 4, requires_grad=True)
     t_cls, t_patch = torch.randn(4, 4, requires_grad=True), torch.randn(4, 3, 4)
     masks = torch.tensor([[1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
-    only_cls = IbotLoss(lambda2=0.0)(s_cls, None, t_cls, None, None, num_global=2)
+    only_cls = IbotLoss(lambda2=0.0)(s_cls, None, t_cls, None, None, num_teacher_views=2, num_global=2)
     assert only_cls["patch"].item() == 0 and only_cls["loss"].item() == pytest.approx(only_cls["cls"].item())
-    out = IbotLoss()(s_cls, s_patch, t_cls, t_patch, masks, num_global=2)
+    out = IbotLoss()(s_cls, s_patch, t_cls, t_patch, masks, num_teacher_views=2, num_global=2)
     out["loss"].backward()
     assert t_cls.grad is None
     assert torch.count_nonzero(s_patch.grad[1]) == 0 and torch.count_nonzero(s_patch.grad[0, 1:]) == 0  # visible patches
@@ -94,6 +94,6 @@ def test_errors_are_explicit():
     with pytest.raises(ValueError, match="not both 0"):
         IbotLoss(lambda1=0.0, lambda2=0.0)
     with pytest.raises(ValueError, match="needs student_patch"):
-        IbotLoss()(torch.randn(4, 3), None, torch.randn(4, 3), None, None, num_global=2)
+        IbotLoss()(torch.randn(4, 3), None, torch.randn(4, 3), None, None, num_teacher_views=2, num_global=2)
     with pytest.raises(ValueError, match="5 outputs but the teacher has 3"):
-        IbotLoss()(torch.randn(4, 5), None, torch.randn(4, 3), None, None, num_global=2)
+        IbotLoss()(torch.randn(4, 5), None, torch.randn(4, 3), None, None, num_teacher_views=2, num_global=2)

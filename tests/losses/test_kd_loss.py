@@ -38,22 +38,24 @@ def test_matches_hand_computation(alpha, pairing):
     b, k, g, v = 3, 4, 2, 4
     student, teacher = torch.randn(v * b, k, generator=gen) * 3, torch.randn(g * b, k, generator=gen) * 3
     labels = [2, 0, 3]
-    out = KDLoss(alpha, temperature=10.0, pairing=pairing)(student, teacher, torch.tensor(labels), num_global=2)
+    out = KDLoss(alpha, temperature=10.0, pairing=pairing)(student, teacher, torch.tensor(labels),
+                                                           num_teacher_views=2, num_global=2)
     want = _hand(student, teacher, labels, alpha, 10.0, g, v, 2, pairing)
     assert abs(float(out["loss"]) - want) < 1e-5 * max(1.0, abs(want))
 
 
 def test_identical_logits_give_zero_kd_and_t_squared_scaling():
     logits = torch.randn(2, 5)
-    out = KDLoss(1.0, temperature=4.0)(logits, logits, torch.tensor([-1]), num_global=2)
+    out = KDLoss(1.0, temperature=4.0)(logits, logits, torch.tensor([-1]), num_teacher_views=2, num_global=2)
     assert abs(float(out["loss"])) < 1e-6
     s, t = torch.randn(2, 5), torch.randn(2, 5)
-    l4 = float(KDLoss(1.0, temperature=4.0)(s, t, torch.tensor([-1]), num_global=2)["loss"])
-    kd4 = float(KDLoss(1.0, temperature=4.0)(s, t, torch.tensor([-1]), num_global=2)["kd"])
+    l4 = float(KDLoss(1.0, temperature=4.0)(s, t, torch.tensor([-1]), num_teacher_views=2, num_global=2)["loss"])
+    kd4 = float(KDLoss(1.0, temperature=4.0)(s, t, torch.tensor([-1]), num_teacher_views=2, num_global=2)["kd"])
     assert abs(l4 - 16 * kd4) < 1e-6
 
 
 def test_unlabelled_images_need_alpha_one():
     with pytest.raises(ValueError, match=r"unlabelled.*method.alpha=1"):
-        KDLoss(0.5)(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([1, -1]), num_global=2)
-    KDLoss(1.0)(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([-1, -1]), num_global=2)  # fine without labels
+        KDLoss(0.5)(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([1, -1]), num_teacher_views=2, num_global=2)
+    # fine without labels
+    KDLoss(1.0)(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([-1, -1]), num_teacher_views=2, num_global=2)

@@ -68,7 +68,7 @@ def test_matches_reference(pairing, g, locals_, sinkhorn, me_max):
     loss = MsnLoss(teacher_temp=0.025, student_temp=0.1, pairing=pairing, sinkhorn=sinkhorn, me_max=me_max,
                    me_max_weight=0.5)
     expected = reference(s, t, g, v, batch, 0.025, 0.1, pairing, sinkhorn, me_max, 0.5)
-    assert loss(s, t, num_global=g)["loss"].item() == pytest.approx(expected, rel=1e-5)
+    assert loss(s, t, num_teacher_views=g, num_global=g)["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_teacher_temperature_is_msn_sharpening():
@@ -76,7 +76,7 @@ def test_teacher_temperature_is_msn_sharpening():
     t = torch.rand(6, 9) * 2 - 1
     p = torch.softmax(t.double() / 0.1, dim=1)
     sharp = p ** 4 / (p ** 4).sum(1, keepdim=True)
-    out = MsnLoss()(torch.zeros(6, 9), t, num_global=2)
+    out = MsnLoss()(torch.zeros(6, 9), t, num_teacher_views=2, num_global=2)
     torch.testing.assert_close(out["teacher_probs"].double(), sharp, rtol=1e-5, atol=1e-7)
 
 
@@ -91,5 +91,5 @@ def test_sinkhorn_balances_prototypes():
 def test_gradients_reach_the_student_only():
     s = torch.randn(8, 5, requires_grad=True)
     t = torch.randn(4, 5, requires_grad=True)
-    MsnLoss(me_max=True)(s, t, num_global=2)["loss"].backward()
+    MsnLoss(me_max=True)(s, t, num_teacher_views=2, num_global=2)["loss"].backward()
     assert s.grad is not None and torch.count_nonzero(s.grad) > 0 and t.grad is None

@@ -29,7 +29,7 @@ def test_matches_loop_reference(pairing, g, iters):
     student = torch.randn(v * batch, k, generator=gen)
     loss = SwavLoss(k, epsilon=0.05, sinkhorn_iterations=iters, student_temp=0.1, pairing=pairing,
                     num_teacher_views=g)
-    out = loss(student, teacher, num_global=num_global)
+    out = loss(student, teacher, num_teacher_views=g, num_global=num_global)
     want = _reference(student, teacher, g, v, num_global, pairing, 0.05, iters, 0.1, batch)
     assert abs(float(out["loss"]) - want) < 1e-4 * max(1.0, abs(want))
     assert out["teacher_probs"].shape == (g * batch, k) and out["student_log_probs"].shape == (v * batch, k)
@@ -38,7 +38,7 @@ def test_matches_loop_reference(pairing, g, iters):
 def test_gradient_reaches_student_only():
     teacher = torch.randn(4, 5, requires_grad=True)
     student = torch.randn(6, 5, requires_grad=True)
-    SwavLoss(5, num_teacher_views=2)(student, teacher, num_global=2)["loss"].backward()
+    SwavLoss(5, num_teacher_views=2)(student, teacher, num_teacher_views=2, num_global=2)["loss"].backward()
     assert teacher.grad is None and student.grad is not None and student.grad.abs().sum() > 0
 
 
@@ -48,7 +48,7 @@ def test_queue_joins_sinkhorn_once_full_and_is_in_state_dict():
     loss = SwavLoss(k, epsilon=0.05, sinkhorn_iterations=3, queue_length=4, num_teacher_views=1)
     batches = [torch.randn(batch, k, generator=gen) for _ in range(4)]
     student = torch.randn(batch, k, generator=gen)
-    codes = [loss(student, t, num_global=1)["teacher_probs"] for t in batches]
+    codes = [loss(student, t, num_teacher_views=1, num_global=1)["teacher_probs"] for t in batches]
     # Steps 0 and 1 fill the queue: plain per-batch Sinkhorn.
     for step in (0, 1):
         want = torch.tensor(sinkhorn(rows(batches[step]), 0.05, 3), dtype=torch.float64)
@@ -63,19 +63,20 @@ def test_queue_joins_sinkhorn_once_full_and_is_in_state_dict():
     fresh = SwavLoss(k, epsilon=0.05, sinkhorn_iterations=3, queue_length=4, num_teacher_views=1)
     fresh.load_state_dict(state)
     nxt = torch.randn(batch, k, generator=gen)
-    torch.testing.assert_close(fresh(student, nxt, num_global=1)["teacher_probs"],
-                               loss(student, nxt, num_global=1)["teacher_probs"])
+    torch.testing.assert_close(fresh(student, nxt, num_teacher_views=1, num_global=1)["teacher_probs"],
+                               loss(student, nxt, num_teacher_views=1, num_global=1)["teacher_probs"])
 
 
 def test_zero_iterations_target_is_softmax_of_scores_over_eps():
     teacher = torch.randn(3, 6)
-    out = SwavLoss(6, epsilon=0.2, sinkhorn_iterations=0, num_teacher_views=1)(torch.randn(6, 6), teacher, num_global=1)
+    out = SwavLoss(6, epsilon=0.2, sinkhorn_iterations=0, num_teacher_views=1)(torch.randn(6, 6), teacher,
+                                                                               num_teacher_views=1, num_global=1)
     want = torch.tensor([softmax(r, 0.2) for r in rows(teacher)], dtype=torch.float64)
     torch.testing.assert_close(out["teacher_probs"].double(), want, rtol=1e-5, atol=1e-7)
 
 
 def test_shape_errors_are_explicit():
     with pytest.raises(ValueError, match="prototypes"):
-        SwavLoss(5, num_teacher_views=1)(torch.randn(4, 6), torch.randn(2, 5), num_global=1)
+        SwavLoss(5, num_teacher_views=1)(torch.randn(4, 6), torch.randn(2, 5), num_teacher_views=1, num_global=1)
     with pytest.raises(ValueError, match="multiple of 2 views"):
-        SwavLoss(5, num_teacher_views=2)(torch.randn(4, 5), torch.randn(3, 5), num_global=2)
+        SwavLoss(5, num_teacher_views=2)(torch.randn(4, 5), torch.randn(3, 5), num_teacher_views=2, num_global=2)

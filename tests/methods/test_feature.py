@@ -26,7 +26,7 @@ def test_feature_step_regresses_the_embedding_and_trains_only_the_student():
     g, lo = torch.randn(2 * 3, 3, 32, 32), torch.randn(2 * 3, 3, 16, 16)
     views = Views(g, lo, torch.zeros(3, dtype=torch.long), 3, 2)
     out = method(views, teacher, student, 0)
-    expected = FeatureLoss()(student(views.crops()), teacher.embed(g), num_global=2)["loss"]
+    expected = FeatureLoss()(student(views.crops()), teacher.embed(g), num_teacher_views=2, num_global=2)["loss"]
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)

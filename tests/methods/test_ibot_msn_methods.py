@@ -13,8 +13,8 @@ import torch
 
 from rob_ray.config import ConfigError, TeacherConfig, load_config
 from rob_ray.data import scan_images
-from rob_ray.methods import Views, build_method
-from rob_ray.models import build_student, build_teacher
+from rob_ray.methods import Views, build_method, build_models
+from rob_ray.models import build_teacher
 from rob_ray.models.projectors import MSNProjector
 from rob_ray.train import LocalContext, load_state
 from rob_ray.train.loop import train_loop
@@ -48,7 +48,7 @@ def _parts(method: str, ckpt: Path):
     cfg = load_config(None, [f"method.name={method}", "student.arch=test_vit", "student.head.hidden_dim=32",
                              "student.head.bottleneck_dim=16"])
     torch.manual_seed(0)
-    student = build_student(cfg.student, out_dim=teacher.num_prototypes)
+    teacher, student = build_models(cfg, teacher)  # the method's registry entry builds its student
     return teacher, student, build_method(cfg.method, teacher, student)
 
 
@@ -111,15 +111,15 @@ def test_msn_drops_tokens_and_scores_against_teacher_prototypes(checkpoints):
 
 
 def test_method_errors_are_one_line(checkpoints, small_folder, tmp_path):
+    teacher = build_teacher(TeacherConfig(kind="ibot", checkpoint=str(checkpoints["ibot"])))
     with pytest.raises(ConfigError, match=r"student\.arch must be a ViT") as info:
-        load_config(None, ["method.name=ibot", "student.arch=resnet18"])
-    assert "\n" not in str(info.value)
+        build_models(load_config(None, ["method.name=ibot", "student.arch=test_resnet"]), teacher)
+    assert "\n" not in str(info.value) and "'test_resnet'" in str(info.value)
     with pytest.raises(ConfigError, match=r"unknown key 'method\.lambda3'"):
         load_config(None, ["method.name=ibot", "student.arch=vit_tiny_patch16_224", "method.lambda3=1"])
-    teacher = build_teacher(TeacherConfig(kind="ibot", checkpoint=str(checkpoints["ibot"])))
     cfg = load_config(None, ["method.name=msn", "student.arch=test_vit"])
     with pytest.raises(ConfigError, match="needs a teacher with frozen prototypes"):
-        build_method(cfg.method, teacher, build_student(cfg.student, teacher.num_prototypes))
+        build_models(cfg, teacher)
 
 
 @pytest.mark.parametrize("method", ["ibot", "msn"])

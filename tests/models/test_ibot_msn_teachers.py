@@ -100,5 +100,5 @@ def test_msn_bad_files_one_line(tmp_path):
     with pytest.raises(TeacherLoadError, match="no 'prototypes'") as info:
         build_teacher(TeacherConfig(kind="msn", checkpoint=str(tmp_path / "noproto.pth.tar")))
     assert "\n" not in str(info.value)
-    with pytest.raises(TeacherLoadError, match="does not fit the ViT"):
+    with pytest.raises(TeacherLoadError, match="does not fit architecture"):
         build_teacher(TeacherConfig(kind="msn", checkpoint=str(path), arch="test_vit"))

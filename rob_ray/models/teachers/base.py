@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rob_ray.errors import TeacherLoadError
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Teacher", "TeacherLoadError"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class TeacherLoadError(ValueError):
-    """A teacher could not be built or loaded; the message names the file/key and the fix."""
 
 
 class Teacher(nn.Module):

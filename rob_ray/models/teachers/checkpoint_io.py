@@ -13,7 +13,7 @@ import torch
 
 from rob_ray.models.teachers.base import TeacherLoadError
 
-__all__ = ["SAFE_GLOBALS", "apply_key_map", "find_state_dict", "load_weights", "strip_prefix"]
+__all__ = ["SAFE_GLOBALS", "apply_key_map", "find_state_dict", "load_fitting", "load_weights", "strip_prefix"]
 
 
 def _safe_globals() -> list[Any]:
@@ -124,3 +124,19 @@ def find_state_dict(obj: dict[str, Any], *candidates: str) -> dict[str, Any]:
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             return inner
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def load_fitting(model: torch.nn.Module, state: dict[str, Any], *, source: str, arch: str | None) -> tuple[list, list]:
+    """`model.load_state_dict(state, strict=False)`, but a tensor whose shape differs from the model's is one
+    TeacherLoadError line naming the file, the architecture and the first mismatch (torch would raise a
+    RuntimeError listing every tensor: 151 lines for a ViT-S file read as a ViT-B). Returns (missing, unexpected)."""
+    own = model.state_dict()
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+           if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        key, got, want = bad[0]
+        raise TeacherLoadError(
+            f"{source} does not fit architecture '{arch or type(model).__name__}': {len(bad)} tensors differ in shape "
+            f"(e.g. {key}: file {list(got)} vs model {list(want)}); set teacher.arch to the model the file was saved from"
+        )
+    return model.load_state_dict(state, strict=False)

@@ -23,7 +23,7 @@ import torch
 
 from rob_ray.models.heads import DINOHead
 from rob_ray.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD, Teacher, TeacherLoadError
-from rob_ray.models.teachers.checkpoint_io import find_state_dict, load_weights, strip_prefix
+from rob_ray.models.teachers.checkpoint_io import find_state_dict, load_fitting, load_weights, strip_prefix
 from rob_ray.models.teachers.registry import register_teacher
 from rob_ray.models.teachers.timm_teacher import _patch_size, create_timm_backbone
 
@@ -162,7 +162,7 @@ def build_dino_teacher(cfg) -> Teacher:
     backbone = create_timm_backbone(arch, num_classes=0)
     # DINO's backbones have no classifier; torchvision-style `fc.*` leftovers are not part of the embedding.
     backbone_state = {k: v for k, v in backbone_state.items() if not k.startswith(("fc.", "head."))}
-    missing, unexpected = backbone.load_state_dict(backbone_state, strict=False)
+    missing, unexpected = load_fitting(backbone, backbone_state, source=f"'{cfg.checkpoint}'", arch=arch)
     if missing or unexpected:
         raise TeacherLoadError(
             f"'{cfg.checkpoint}' does not fit teacher.arch '{arch}' ({len(missing)} missing keys e.g. "

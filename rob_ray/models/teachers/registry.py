@@ -42,4 +42,14 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     builder = _BUILDERS.get(cfg.kind)
     if builder is None:
         raise TeacherLoadError(f"teacher.kind '{cfg.kind}' is unknown; choose one of: {', '.join(sorted(_BUILDERS))}")
-    return builder(cfg)
+    try:
+        return builder(cfg)
+    except TeacherLoadError:
+        raise
+    except RuntimeError as exc:  # torch's loading errors (shape / key mismatches): one line, never a 100-line dump
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0] if lines else "")
+        raise TeacherLoadError(
+            f"teacher '{cfg.checkpoint or cfg.name or cfg.kind}' could not be loaded as kind={cfg.kind} "
+            f"arch={cfg.arch or '(from the file)'} ({detail[:240]}); check teacher.kind / teacher.arch"
+        ) from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import timm
 
 from rob_ray.models.teachers.base import Teacher, TeacherLoadError
-from rob_ray.models.teachers.checkpoint_io import apply_key_map, find_state_dict, load_weights, strip_prefix
+from rob_ray.models.teachers.checkpoint_io import apply_key_map, find_state_dict, load_fitting, load_weights, strip_prefix
 from rob_ray.models.teachers.registry import register_teacher
 
 __all__ = ["build_state_dict_teacher"]
@@ -49,7 +49,7 @@ def build_state_dict_teacher(cfg) -> Teacher:
     backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     backbone = create_timm_backbone(cfg.arch, num_classes=0)
-    missing, unexpected = backbone.load_state_dict(backbone_state, strict=False)
+    missing, unexpected = load_fitting(backbone, backbone_state, source=f"'{cfg.checkpoint}'", arch=cfg.arch)
     if missing or unexpected:
         raise TeacherLoadError(
             f"'{cfg.checkpoint}' backbone keys do not fit timm '{cfg.arch}' ({len(missing)} missing e.g. {missing[:2]}, "

@@ -23,7 +23,7 @@ from torchvision.models.resnet import Bottleneck
 
 from rob_ray.models.swav_head import SwavHead
 from rob_ray.models.teachers.base import IMAGENET_MEAN, Teacher, TeacherLoadError
-from rob_ray.models.teachers.checkpoint_io import find_state_dict, load_weights, strip_prefix
+from rob_ray.models.teachers.checkpoint_io import find_state_dict, load_fitting, load_weights, strip_prefix
 from rob_ray.models.teachers.registry import register_teacher
 
 __all__ = ["SWAV_STD", "SwavResNet", "SwavTeacher", "build_swav_teacher", "split_swav_state"]
@@ -116,7 +116,7 @@ def build_swav_teacher(cfg) -> SwavTeacher:
     if rem or widen < 1:
         raise TeacherLoadError(f"{source}: stem width {backbone_state['conv1.weight'].shape[0]} is not 64 * w")
     backbone = SwavResNet(_layers(backbone_state, source), widen)
-    missing, unexpected = backbone.load_state_dict(backbone_state, strict=False)
+    missing, unexpected = load_fitting(backbone, backbone_state, source=source, arch=f"SwAV ResNet-50 w{widen}")
     if missing or unexpected:
         raise TeacherLoadError(f"{source}: ResNet keys do not match SwAV's layout (missing {missing[:2]}, "
                                f"unexpected {unexpected[:2]})")
@@ -131,7 +131,7 @@ def build_swav_teacher(cfg) -> SwavTeacher:
         raise TeacherLoadError(f"{source}: projection head expects {in_dim} features, the ResNet gives {backbone.num_features}")
     head = SwavHead(int(in_dim), int(protos.shape[1]), int(hidden), frozen_prototypes=protos)
     head_weights = {k: v for k, v in head_state.items() if k.startswith("projection_head.")}
-    missing, unexpected = head.load_state_dict(head_weights, strict=False)
+    missing, unexpected = load_fitting(head, head_weights, source=source, arch="SwAV projection head")
     missing = [k for k in missing if k != "frozen_prototypes"]
     if missing or unexpected:
         raise TeacherLoadError(f"{source}: projection head keys do not match (missing {missing[:2]}, unexpected {unexpected[:2]})")

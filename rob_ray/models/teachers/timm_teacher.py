@@ -23,24 +23,32 @@ __all__ = ["build_timm_teacher", "create_timm_backbone", "timm_has_classifier"]
 
 
 def create_timm_backbone(arch: str, *, pretrained: bool = False, num_classes: int | None = 0,
-                         checkpoint: str | None = None):
+                         checkpoint: str | None = None, state: dict | None = None):
     """timm model; `num_classes=None` keeps the model's own classifier. `checkpoint` is read with rob_ray's
-    safe loader and passed to timm as a state_dict, so timm's checkpoint filter (layout conversion) applies."""
+    safe loader (or its already read `state` is given) and passed to timm as a state_dict, so timm's
+    checkpoint filter (layout conversion) applies."""
     kwargs = {"pretrained": pretrained}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if any(t in arch for t in ("vit", "deit", "eva")):
         kwargs["dynamic_img_size"] = True  # teachers see non-224 global crops on small data
     if checkpoint:
-        state = strip_prefix(load_weights(checkpoint), "module.")
-        kwargs["pretrained_cfg_overlay"] = {"state_dict": state}
+        if state is None:
+            state = strip_prefix(load_weights(checkpoint), "module.")
+        # The overlay's class count must be the model's, or timm drops the file's classifier as "mismatched".
+        overlay = {"state_dict": state}
+        if num_classes:
+            overlay["num_classes"] = num_classes
+        kwargs["pretrained_cfg_overlay"] = overlay
         kwargs["pretrained"] = True
     try:
         return timm.create_model(arch, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise TeacherLoadError(f"teacher.arch '{arch}' is not a timm model") from None
-        first = str(exc).splitlines()[0][:200]
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                     lines[0] if lines else type(exc).__name__)[:240]
         if checkpoint:
             raise TeacherLoadError(
                 f"'{checkpoint}' does not fit timm model '{arch}' ({first}); set teacher.arch to the model it was saved from"
@@ -67,8 +75,14 @@ def build_timm_teacher(cfg) -> Teacher:
     if not cfg.arch:
         raise TeacherLoadError("teacher.kind=timm needs teacher.arch (a timm model name, e.g. vit_small_patch14_dinov2.lvd142m)")
     keep_classifier = timm_has_classifier(cfg.arch) and not cfg.head_checkpoint
-    model = create_timm_backbone(cfg.arch, pretrained=cfg.pretrained, num_classes=None if keep_classifier else 0,
-                                 checkpoint=cfg.checkpoint)
+    num_classes, state = (None if keep_classifier else 0), None
+    if cfg.checkpoint and keep_classifier:
+        # The file decides how many classes the teacher has (a 10-class classifier is a 10-class KD teacher),
+        # not timm's default for the name (1000); a file without a classifier is a backbone-only teacher.
+        state = strip_prefix(load_weights(cfg.checkpoint), "module.")
+        num_classes = _file_classes(state, cfg.arch)
+    model = create_timm_backbone(cfg.arch, pretrained=cfg.pretrained, num_classes=num_classes,
+                                 checkpoint=cfg.checkpoint, state=state)
     data_cfg = timm.data.resolve_data_config({}, model=model)
     common = dict(mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]), patch_size=_patch_size(model))
     head = model.get_classifier() if keep_classifier else None
@@ -81,6 +95,17 @@ def build_timm_teacher(cfg) -> Teacher:
     width = int(getattr(model, "head_hidden_size", None) or model.num_features)
     label = "backbone only" if not cfg.head_checkpoint else f"+ head {cfg.head_checkpoint}"
     return attach_head(model, cfg, embed_dim=width, name=f"timm:{cfg.arch} ({label})", **common)
+
+
+def _file_classes(state: dict, arch: str) -> int:
+    """The class count of the classifier a timm-layout file holds (0 = none: a backbone-only file)."""
+    classifier = getattr(timm.models.get_pretrained_cfg(arch), "classifier", None) or "head"
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    for name in names:
+        w = state.get(f"{name}.weight")
+        if w is not None and getattr(w, "ndim", 0) == 2:
+            return int(w.shape[0])
+    return 0
 
 
 def _patch_size(model) -> int | None:

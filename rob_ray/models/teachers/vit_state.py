@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from rob_ray.models.teachers.base import TeacherLoadError
+from rob_ray.models.teachers.checkpoint_io import load_fitting
 from rob_ray.models.teachers.timm_teacher import create_timm_backbone
 
 __all__ = ["HEADS_BY_WIDTH", "load_vit_backbone"]
@@ -47,11 +48,7 @@ def _infer_vit(state: dict[str, torch.Tensor], source: str) -> nn.Module:
 def load_vit_backbone(state: dict[str, torch.Tensor], arch: str | None, source: str) -> nn.Module:
     """A timm ViT (num_classes=0, dynamic image size) holding exactly `state`'s weights."""
     backbone = create_timm_backbone(arch, num_classes=0) if arch else _infer_vit(state, source)
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:160])
-        raise TeacherLoadError(f"{source} does not fit the ViT {arch or '(inferred)'}: {first}; set teacher.arch") from None
+    missing, unexpected = load_fitting(backbone, state, source=source, arch=arch or "ViT (inferred from the file)")
     if missing or unexpected:
         raise TeacherLoadError(
             f"{source} does not fit the ViT {arch or '(inferred)'} ({len(missing)} missing keys e.g. {missing[:1]}, "

@@ -1,0 +1,5 @@
+"""Everything checked before Ray starts (one package): the data lists, the teacher loads, the method's
+needs are met (`rob_ray.methods.needs`, named by its registry entry), teacher and student fit each other
+(`compat`: head width, patch sizes, normalisation, feature widths) and one worker's GPU (`memory`: the one
+estimate, the one bf16 rule); `preflight` runs them all. Submodules are imported on use: `memory` is plain
+torch (the GPU benchmark box has no pydantic), `compat` / `preflight` read the config."""

@@ -1,0 +1,101 @@
+"""Checks that run before any Ray work: the data lists, the teacher loads, the method's needs hold, the
+student fits the teacher (`checks.compat`), and teacher + student fit one worker's GPU (`checks.memory`:
+the estimate is in every plan as `memory_est_GiB`; the fit is checked on GPU runs).
+
+A mismatch found here costs a second; found on a cluster it costs a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rob_ray.checks.memory import check_fits, estimate_worker_memory
+from rob_ray.config import Config, ConfigError
+from rob_ray.data.sources import ImageTable, scan_images
+
+__all__ = ["Preflight", "check_teacher_fits", "estimate_worker_memory", "preflight"]
+
+
+@dataclass
+class Preflight:
+    table: ImageTable
+    teacher: Any
+    student: Any
+    plan: dict[str, Any]
+
+
+def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
+    """Scan the data, build teacher and student on CPU, check they fit. Raises ConfigError-like errors."""
+    from rob_ray.checks.compat import check_compatibility, summary
+    from rob_ray.data.schedule import SampleSchedule
+    from rob_ray.methods import build_models
+    from rob_ray.storage import is_uri
+    from rob_ray.train.launch import resource_plan
+    from rob_ray.train.resume import check_resumable
+
+    if table is None:
+        table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
+                            cfg.data.parquet_label_column, cfg.data.max_images)
+    if cfg.data.eval_path:  # found missing only after training otherwise
+        missing = [sub for sub in ("train", "val") if not (Path(cfg.data.eval_path) / sub).is_dir()]
+        if missing:
+            absent = " or ".join(m + "/" for m in missing)
+            raise ConfigError(f"config error: data.eval_path = '{cfg.data.eval_path}' has no {absent} folder; "
+                              "it must hold labelled train/ and val/ ImageFolders (or unset it)")
+    teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
+    if cfg.method.name == "kd" and cfg.method.alpha < 1 and bool((table.labels < 0).any()):
+        raise ConfigError(
+            f"config error: method.alpha = {cfg.method.alpha} uses labels, but {int((table.labels < 0).sum())} of "
+            f"{len(table)} images under '{cfg.data.path}' have none; use a labelled ImageFolder (or "
+            "data.parquet_label_column) or set method.alpha=1"
+        )
+    from rob_ray.methods import build_method
+
+    build_method(cfg.method, teacher, student)  # method/teacher/student mismatches fail here, before Ray
+    compat = check_compatibility(cfg, teacher, student)  # shapes, patch sizes, normalisation, method needs, memory
+    if compat.errors:
+        raise ConfigError(compat.errors[0])
+    if not is_uri(cfg.run.storage_path):  # a URI run's old config is pulled and checked by fit()
+        check_resumable(cfg, cfg.run_dir())  # after the model checks: a typo'd arch is named as such
+    workers = max(cfg.scaling.num_workers, 1)
+    try:
+        schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
+    except ValueError as exc:
+        raise ConfigError(f"config error: optim.batch_size = {cfg.optim.batch_size}: {exc}") from None
+    steps = min(schedule.total_steps, cfg.optim.max_steps or schedule.total_steps)
+    plan = {
+        **resource_plan(cfg),
+        "workers": cfg.scaling.num_workers,
+        "images": len(table),
+        "labelled_images": int((table.labels >= 0).sum()),
+        "steps_per_epoch": schedule.steps_per_epoch,
+        "total_steps": steps,
+        "global_batch": workers * cfg.optim.batch_size,
+        "teacher": teacher.name,
+        "teacher_params_M": round(teacher.num_parameters() / 1e6, 2),
+        "teacher_prototypes": teacher.num_prototypes,
+        "student": cfg.student.arch,
+        "student_params_M": round(sum(p.numel() for p in student.parameters()) / 1e6, 2),
+        "views": f"{cfg.augment.num_global}x{cfg.augment.global_size} + {cfg.augment.num_local}x{cfg.augment.local_size}",
+        **summary(compat),
+    }
+    est = estimate_worker_memory(cfg, teacher, student)
+    plan["memory_est_GiB"] = round(est["total"], 2)
+    if cfg.scaling.use_gpu:
+        plan.update(check_fits(cfg, teacher, student, est))
+    else:
+        plan.setdefault("notes", []).append("memory check skipped: CPU run (scaling.use_gpu=false)")
+    return Preflight(table=table, teacher=teacher, student=student, plan=plan)
+
+
+# ---------------------------------------------------------------- does the teacher fit beside the student?
+
+
+def check_teacher_fits(cfg: Config, teacher: Any, student: torch.nn.Module,
+                       gpu_memory_gb: float | None = None) -> dict[str, Any]:
+    """Raise a one-line ConfigError when teacher + student do not fit one worker's GPU (see checks.memory)."""
+    return check_fits(cfg, teacher, student, estimate_worker_memory(cfg, teacher, student), gpu_memory_gb)
