@@ -17,7 +17,8 @@ def build_loss(method, out_dim: int):
     """The loss module for `cfg.method` (the only place that reads the method config)."""
     if method.name == "dino":
         return DinoLoss(out_dim, teacher_temp=method.teacher_temp, student_temp=method.student_temp,
-                        centering=method.centering, center_momentum=method.center_momentum, pairing=method.pairing)
+                        centering=method.centering, center_momentum=method.center_momentum, pairing=method.pairing,
+                        teacher_norm=method.teacher_norm, sinkhorn_iterations=method.sinkhorn_iterations)
     if method.name == "ibot":
         return IbotLoss(teacher_temp=method.teacher_temp, teacher_patch_temp=method.teacher_patch_temp,
                         student_temp=method.student_temp, lambda1=method.lambda1, lambda2=method.lambda2,

@@ -42,4 +42,9 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     builder = _BUILDERS.get(cfg.kind)
     if builder is None:
         raise TeacherLoadError(f"teacher.kind '{cfg.kind}' is unknown; choose one of: {', '.join(sorted(_BUILDERS))}")
-    return builder(cfg)
+    teacher = builder(cfg)
+    if getattr(cfg, "prototypes", None) is not None:  # fitted prototypes replace whatever head it has
+        from rob_ray.models.teachers.headless import apply_prototypes
+
+        teacher = apply_prototypes(teacher, cfg)
+    return teacher
