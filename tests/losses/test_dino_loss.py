@@ -114,7 +114,7 @@ def test_sinkhorn_teacher_matches_reference(pairing, g, locals_, iters):
     expected = sum(sum(ref.cross_entropy(codes[i * batch + b], s_rows[j * batch + b], ts) for b in range(batch)) / batch
                    for i, j in pair_list) / len(pair_list)
     assert abs(float(out["loss"]) - expected) < 1e-5
-    torch.testing.assert_close(out["teacher_probs"].double(), torch.tensor(codes), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["teacher_probs"].double(), torch.tensor(codes, dtype=torch.float64), rtol=1e-5, atol=1e-6)
     # balanced: over the batch each prototype gets (close to) 1/K of the target mass
     usage = out["teacher_probs"].mean(0)
     softmax_usage = torch.softmax(teacher / tt, 1).mean(0)
