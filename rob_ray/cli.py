@@ -96,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(format_report(fit_prototypes(cfg)))
             return 0
-        if cfg.teacher.prototypes is not None and cfg.teacher.prototypes.fit is not None and not getattr(args, "dry_run", False):
+        if cfg.teacher.prototypes is not None and cfg.teacher.prototypes.fit is not None:
             from rob_ray.prototypes.fit import ensure_prototypes
 
-            cfg = ensure_prototypes(cfg)  # fit (or reuse) before anything builds the teacher
+            # Fit (or reuse) before anything builds the teacher; a dry run only looks in the cache.
+            cfg = ensure_prototypes(cfg, fit_missing=not args.dry_run)
         if args.command == "tune":
             return _tune(cfg, dry_run=args.dry_run)
         from rob_ray.preflight import preflight

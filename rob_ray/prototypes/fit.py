@@ -142,10 +142,12 @@ def _purity(assign: torch.Tensor, labels: torch.Tensor, k: int) -> float | None:
     return float(table.max(1).values.sum()) / float(ok.sum())
 
 
-def fit_prototypes(cfg: Config, table: ImageTable | None = None, verbose: bool = True) -> dict[str, Any]:
+def fit_prototypes(cfg: Config, table: ImageTable | None = None, verbose: bool = True,
+                   fit_missing: bool = True) -> dict[str, Any] | None:
     """Fit (or find in the cache) the prototypes `cfg.teacher.prototypes.fit` asks for.
 
-    Returns the fit.json contents plus `head` (the head file's path), `dir` and `cache_hit`.
+    Returns the fit.json contents plus `head` (the head file's path), `dir` and `cache_hit`; None on a
+    cache miss with `fit_missing=False` (a dry run looks, never fits).
     Raises ConfigError (one line) when the data cannot support the fit.
     """
     protos = cfg.teacher.prototypes
@@ -173,6 +175,8 @@ def fit_prototypes(cfg: Config, table: ImageTable | None = None, verbose: bool =
     hit = read_verified(head_dir, HEAD_FILE, HEAD_META, load=False)
     if hit is not None:
         return {**hit[1], "head": str(head_dir / HEAD_FILE), "dir": str(head_dir), "cache_hit": True}
+    if not fit_missing:
+        return None
     with fit_lock(head_dir):
         hit = read_verified(head_dir, HEAD_FILE, HEAD_META, load=False)  # another process fitted it meanwhile
         if hit is not None:
@@ -227,14 +231,18 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ensure_prototypes(cfg: Config, table: ImageTable | None = None, verbose: bool = True) -> Config:
+def ensure_prototypes(cfg: Config, table: ImageTable | None = None, verbose: bool = True,
+                      fit_missing: bool = True) -> Config:
     """`cfg` with `teacher.prototypes.head` pointing at the fitted head (fitting it first on a cache
     miss) and `cache_dir` pinned, so workers and Tune trials find the same files. A dino method whose
-    config leaves `teacher_temp` unset gets the recommended temperature. Without `prototypes.fit`: `cfg`."""
+    config leaves `teacher_temp` unset gets the recommended temperature. Without `prototypes.fit` (or on
+    a cache miss with `fit_missing=False`): `cfg` unchanged."""
     protos = cfg.teacher.prototypes
     if protos is None or protos.fit is None:
         return cfg
-    report = fit_prototypes(cfg, table, verbose=verbose)
+    report = fit_prototypes(cfg, table, verbose=verbose, fit_missing=fit_missing)
+    if report is None:
+        return cfg
     out = cfg.model_copy(deep=True)
     out.teacher.prototypes.head = report["head"]
     out.teacher.prototypes.cache_dir = str(default_cache_dir(cfg))

@@ -160,3 +160,10 @@ def test_dinov2_fit_then_train_end_to_end(small_folder, tmp_path, dinov2_file):
 
     explicit = ensure_prototypes(load_config(None, [*base, "method.teacher_temp=0.05"]), verbose=False)
     assert explicit.method.teacher_temp == 0.05  # the user's choice wins
+
+
+def test_a_dry_run_looks_in_the_cache_but_never_fits(small_folder, tmp_path, dinov2_file, monkeypatch):
+    monkeypatch.setattr(fit_mod, "_embed", lambda *a: pytest.fail("a dry run must not embed"))
+    cfg = load_config(None, dinov2_overrides(small_folder, tmp_path, dinov2_file))
+    assert ensure_prototypes(cfg, fit_missing=False, verbose=False) is cfg  # miss: unchanged, nothing written
+    assert not any((tmp_path / "prototypes").glob("*/head.pth"))

@@ -110,7 +110,8 @@ def student_out_dim(method_name: str, teacher: Teacher) -> int:
     if not getattr(teacher, "has_ssl_head", True):
         raise TeacherLoadError(
             f"teacher '{teacher.name}' has no SSL head, so method '{method_name}' has no prototypes to match; "
-            "set teacher.head_checkpoint to its head file, or use method.name=feature (embedding regression)"
+            "set teacher.head_checkpoint to its head file, fit prototypes with teacher.prototypes.fit: {k: ...}, "
+            "or use method.name=feature (embedding regression)"
         )
     return int(teacher.num_prototypes)
 
