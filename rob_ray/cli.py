@@ -1,5 +1,6 @@
 """Command line: `python experiments/run.py [train|demo|tune] [--config X] [--dry-run] [key.sub=value ...]`,
 `python experiments/run.py teachers [NAME]` (the teacher catalogue),
+`python experiments/run.py fit-prototypes --config X [key=value ...]` (fit a headless teacher's prototypes, no training),
 `python experiments/run.py eval --checkpoint RUN_OR_FILE --data DIR [--protocol knn,linear,lowshot]`,
 `python experiments/run.py export --checkpoint RUN [--out DIR] [--onnx] [--projector]` (timm / ONNX files),
 and `python experiments/run.py runtime-env` (the JSON for `ray job submit --runtime-env-json`).
@@ -25,7 +26,7 @@ __all__ = ["DEMO_CONFIG", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "experiments" / "configs" / "demo.yaml"
-COMMANDS = ("train", "demo", "tune", "teachers")  # anything else on the command line runs the demo
+COMMANDS = ("train", "demo", "tune", "teachers", "fit-prototypes")  # anything else on the command line runs the demo
 EXIT_TRAINING_STOPPED = 3
 
 
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=None, help="YAML config (default: experiments/configs/demo.yaml)")
         sp.add_argument("--dry-run", action="store_true", help="validate and print the resolved config and plan")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 scaling.num_workers=2")
+    fp = sub.add_parser("fit-prototypes", help="fit (or find cached) prototypes for teacher.prototypes.fit; no training")
+    fp.add_argument("--config", default=None, help="YAML config (default: experiments/configs/demo.yaml)")
+    fp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. teacher.prototypes.fit.k=1024")
     tp = sub.add_parser("teachers", help="list the teacher catalogue (NAME: one entry, its URL and local file)")
     tp.add_argument("name", nargs="?", default=None)
     return p
@@ -84,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
             print(describe_entry(args.name) if args.name else format_catalogue())
             return 0
         cfg = _resolve_paths(load_config(args.config or DEMO_CONFIG, args.overrides), REPO_ROOT)
+        if args.command == "fit-prototypes":
+            from rob_ray.prototypes.fit import fit_prototypes, format_report
+
+            print(format_report(fit_prototypes(cfg)))
+            return 0
+        if cfg.teacher.prototypes is not None and cfg.teacher.prototypes.fit is not None:
+            from rob_ray.prototypes.fit import ensure_prototypes
+
+            # Fit (or reuse) before anything builds the teacher; a dry run only looks in the cache.
+            cfg = ensure_prototypes(cfg, fit_missing=not args.dry_run)
         if args.command == "tune":
             return _tune(cfg, dry_run=args.dry_run)
         from rob_ray.preflight import preflight

@@ -32,6 +32,8 @@ __all__ = [
     "KDMethodConfig",
     "MsnMethodConfig",
     "OptimConfig",
+    "PrototypeFitConfig",
+    "PrototypesConfig",
     "RunConfig",
     "ScalingConfig",
     "ScratchDinoMethodConfig",
@@ -132,6 +134,44 @@ class AugmentConfig(StrictModel):
         return v
 
 
+class PrototypeFitConfig(StrictModel):
+    """Fit K prototypes for a teacher without (or instead of) its own head: spherical k-means of its
+    L2-normalised embeddings of a seeded sample of data.path (rob_ray/prototypes)."""
+
+    k: int = Field(8192, ge=2, description="number of prototypes K (the student head's width)")
+    images: int = Field(50000, ge=2, description="images sampled from data.path to embed (all when it has fewer)")
+    seed: int = Field(0, description="seeds the image sample, the init and empty-cluster re-seeding")
+    iterations: int = Field(20, ge=0, le=1000, description="at most this many k-means iterations")
+    init: Literal["auto", "kmeans++", "random"] = Field(
+        "auto", description="auto: k-means++ up to K=4096, a seeded draw of distinct points above")
+    size: int | None = Field(None, ge=8, description="embedding crop side (default augment.global_size; centre crop)")
+    engine: Literal["ray", "local"] = Field("ray", description="ray: Ray Data batch inference; local: one process")
+    batch_size: int = Field(128, ge=1)
+    num_actors: int = Field(1, ge=1, description="embedding actors (engine=ray); each takes a GPU when the cluster has them")
+
+    @model_validator(mode="after")
+    def _k_fits_sample(self) -> PrototypeFitConfig:
+        if self.k > self.images:
+            raise ValueError(f"k ({self.k}) exceeds images ({self.images}): k-means needs at least one image per "
+                             "prototype; raise images or lower k")
+        return self
+
+
+class PrototypesConfig(StrictModel):
+    """Fitted prototypes for the teacher: `fit` fits them (cached), `head` names a fitted head file."""
+
+    fit: PrototypeFitConfig | None = None
+    head: str | None = Field(None, description="a fitted head file (set by rob_ray after fitting; or one written by "
+                             "`experiments/run.py fit-prototypes`); replaces the teacher's own head")
+    cache_dir: str | None = Field(None, description="where fits are cached (default <run.storage_path>/prototypes)")
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> PrototypesConfig:
+        if self.fit is None and not self.head:
+            raise ValueError("needs fit: {k: ..., images: ...} (to fit prototypes) or head: <a fitted head file>")
+        return self
+
+
 class TeacherConfig(StrictModel):
     """The frozen pretrained teacher: backbone + its SSL head (prototypes)."""
 
@@ -149,6 +189,14 @@ class TeacherConfig(StrictModel):
     head_bottleneck_dim: int | None = Field(None, gt=0)
     head_num_layers: int | None = Field(None, ge=1)
     head_use_bn: bool | None = None
+    prototypes: PrototypesConfig | None = Field(
+        None, description="fitted prototypes as the teacher's head (DINOv2/v3, MAE, any backbone): {fit: {k, images}}")
+
+    @model_validator(mode="after")
+    def _one_head(self) -> TeacherConfig:
+        if self.head_checkpoint and self.prototypes is not None:
+            raise ValueError("teacher.head_checkpoint and teacher.prototypes both give the teacher a head; keep one")
+        return self
 
 
 class HeadConfig(StrictModel):
@@ -183,6 +231,16 @@ class DinoMethodConfig(StrictModel):
     centering: Literal["none", "ema"] = "none"
     center_momentum: float = Field(0.9, ge=0, lt=1)
     pairing: Literal["same_view", "swapped"] = "same_view"
+    teacher_norm: Literal["softmax", "sinkhorn"] = Field(
+        "softmax", description="teacher targets: softmax(t / teacher_temp), or Sinkhorn-balanced codes (epsilon = "
+        "teacher_temp) that use every prototype equally over the batch (SwAV / DINOv2)")
+    sinkhorn_iterations: int = Field(3, ge=1, description="teacher_norm=sinkhorn: Sinkhorn-Knopp iterations")
+
+    @model_validator(mode="after")
+    def _one_teacher_norm(self) -> DinoMethodConfig:
+        if self.teacher_norm == "sinkhorn" and self.centering == "ema":
+            raise ValueError("teacher_norm=sinkhorn balances the targets itself; set centering=none")
+        return self
 
 
 class FeatureMethodConfig(StrictModel):
@@ -414,6 +472,9 @@ class Config(StrictModel):
                              f"({self.method.out_dim}); set only method.out_dim for dino_scratch")
         if self.eval.online_knn_every_epochs and not self.eval.online_knn_path:
             raise ValueError("eval.online_knn_every_epochs needs eval.online_knn_path (a labelled train/ + val/ folder)")
+        if self.teacher.prototypes is not None and self.method.name in ("feature", "dino_scratch"):
+            raise ValueError(f"teacher.prototypes is set but method.name={self.method.name} uses no teacher prototypes; "
+                             "remove teacher.prototypes (or use method.name=dino)")
         if self.augment.device == "gpu" and not self.scaling.use_gpu:
             raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         for key, res in (("data.actor_resources", self.data.actor_resources),
@@ -447,6 +508,9 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             # Discriminated union members appear as an extra loc part (e.g. 'dino'); skip those.
             continue
         ann = model.model_fields[part].annotation
+        models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1 and type(None) in typing.get_args(ann):  # an optional section (X | None)
+            ann = models[0]
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else _union_member(ann, loc)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 

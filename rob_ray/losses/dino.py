@@ -3,6 +3,11 @@
 CE(P_t, P_s) = -sum_k softmax((t - c) / tau_t)_k * log_softmax(s / tau_s)_k, averaged over the
 batch and over view pairs. With a frozen teacher there is nothing to collapse, so RoB uses
 no centering by default (`centering="ema"` restores DINO's running centre).
+
+`teacher_norm="sinkhorn"` replaces the teacher softmax by Sinkhorn-Knopp codes with epsilon = tau_t
+(SwAV's equipartition, as DINOv2's `sinkhorn_knopp_teacher`): over the batch (all workers' rows when a
+process group runs) every prototype gets an equal share of the target mass. Fitted prototypes are
+unevenly used; this keeps rarely-hit ones in the targets.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rob_ray.losses.pairing import batch_and_views, view_pairs
+from rob_ray.losses.sinkhorn import sinkhorn_knopp
 
 __all__ = ["DinoLoss"]
 
@@ -24,6 +30,8 @@ class DinoLoss(nn.Module):
         centering: "none" (RoB) or "ema" (DINO).
         center_momentum: EMA momentum of the centre (DINO 0.9).
         pairing: "same_view" (RoB) or "swapped" (DINO).
+        teacher_norm: "softmax" or "sinkhorn" (balanced codes, epsilon = tau_t; no centering with it).
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (3).
 
     Forward:
         student_logits: (V * B, K), views stacked view-major (view 0's B rows first).
@@ -35,10 +43,16 @@ class DinoLoss(nn.Module):
     """
 
     def __init__(self, out_dim: int, teacher_temp: float = 0.07, student_temp: float = 0.1,
-                 centering: str = "none", center_momentum: float = 0.9, pairing: str = "same_view") -> None:
+                 centering: str = "none", center_momentum: float = 0.9, pairing: str = "same_view",
+                 teacher_norm: str = "softmax", sinkhorn_iterations: int = 3) -> None:
         super().__init__()
         if centering not in ("none", "ema"):
             raise ValueError(f"centering must be 'none' or 'ema', got '{centering}'")
+        if teacher_norm not in ("softmax", "sinkhorn"):
+            raise ValueError(f"teacher_norm must be 'softmax' or 'sinkhorn', got '{teacher_norm}'")
+        if teacher_norm == "sinkhorn" and centering != "none":
+            raise ValueError("teacher_norm='sinkhorn' balances the targets itself; use centering='none'")
+        self.teacher_norm, self.sinkhorn_iterations = teacher_norm, sinkhorn_iterations
         self.teacher_temp, self.student_temp = teacher_temp, student_temp
         self.centering, self.center_momentum, self.pairing = centering, center_momentum, pairing
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -55,7 +69,10 @@ class DinoLoss(nn.Module):
         teacher = teacher_logits.float().detach()
         if self.centering == "ema":
             teacher = teacher - self.center
-        t_probs = F.softmax(teacher / tau_t, dim=-1)
+        if self.teacher_norm == "sinkhorn":
+            t_probs = sinkhorn_knopp(teacher, epsilon=tau_t, iterations=self.sinkhorn_iterations)
+        else:
+            t_probs = F.softmax(teacher / tau_t, dim=-1)
         s_logp = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)  # once per crop, not per pair
         t_chunks, s_chunks = t_probs.chunk(g), s_logp.chunk(v)
         pairs = view_pairs(g, v, num_global, self.pairing)

@@ -220,6 +220,10 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)
+    if cfg.teacher.prototypes is not None and cfg.teacher.prototypes.fit is not None:
+        from rob_ray.prototypes.fit import ensure_prototypes
+
+        cfg = ensure_prototypes(cfg, table)  # fitted once, then a cache hit (Tune trials, relaunches)
     storage.pull()  # a resumed URI run: earlier metrics (and local-mode checkpoints) come back first
     check_resumable(cfg, run_dir)  # before the new config overwrites the one its checkpoints were made with
     save_config(cfg, run_dir / "config.yaml")

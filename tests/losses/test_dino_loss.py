@@ -94,3 +94,35 @@ def test_shape_errors_are_explicit():
         loss(torch.randn(4, 4), torch.randn(4, 5), num_teacher_views=2, num_global=2)
     with pytest.raises(ValueError, match="no view pair"):
         DinoLoss(5, pairing="swapped")(torch.randn(2, 5), torch.randn(2, 5), num_teacher_views=1, num_global=1)
+
+
+@pytest.mark.parametrize("pairing, g, locals_, iters", [("same_view", 2, 2, 3), ("swapped", 2, 0, 1), ("same_view", 1, 3, 5)])
+def test_sinkhorn_teacher_matches_reference(pairing, g, locals_, iters):
+    """teacher_norm=sinkhorn: targets are Sinkhorn-Knopp codes of all G*B teacher rows (eps = tau_t)."""
+    from tests.losses import reference as ref
+
+    batch, k, tt, ts = 3, 5, 0.5, 0.1
+    gen = torch.Generator().manual_seed(7)
+    v = g + locals_
+    student, teacher = torch.randn(v * batch, k, generator=gen), torch.randn(g * batch, k, generator=gen)
+    loss = DinoLoss(k, teacher_temp=tt, student_temp=ts, pairing=pairing, teacher_norm="sinkhorn",
+                    sinkhorn_iterations=iters)
+    out = loss(student, teacher, num_teacher_views=g, num_global=g)
+    codes = ref.sinkhorn(ref.rows(teacher), tt, iters)
+    s_rows = ref.rows(student)
+    pair_list = ref.pairs(g, v, g, pairing)
+    expected = sum(sum(ref.cross_entropy(codes[i * batch + b], s_rows[j * batch + b], ts) for b in range(batch)) / batch
+                   for i, j in pair_list) / len(pair_list)
+    assert abs(float(out["loss"]) - expected) < 1e-5
+    torch.testing.assert_close(out["teacher_probs"].double(), torch.tensor(codes, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    # balanced: over the batch each prototype gets (close to) 1/K of the target mass
+    usage = out["teacher_probs"].mean(0)
+    softmax_usage = torch.softmax(teacher / tt, 1).mean(0)
+    assert (usage - 1 / k).abs().max() < (softmax_usage - 1 / k).abs().max()
+
+
+def test_sinkhorn_with_centering_is_refused():
+    with pytest.raises(ValueError, match="balances the targets itself"):
+        DinoLoss(4, centering="ema", teacher_norm="sinkhorn")
+    with pytest.raises(ValueError, match="teacher_norm must be"):
+        DinoLoss(4, teacher_norm="bogus")

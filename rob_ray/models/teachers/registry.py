@@ -43,7 +43,7 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
     if builder is None:
         raise TeacherLoadError(f"teacher.kind '{cfg.kind}' is unknown; choose one of: {', '.join(sorted(_BUILDERS))}")
     try:
-        return builder(cfg)
+        teacher = builder(cfg)
     except TeacherLoadError:
         raise
     except RuntimeError as exc:  # torch's loading errors (shape / key mismatches): one line, never a 100-line dump
@@ -53,3 +53,8 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
             f"teacher '{cfg.checkpoint or cfg.name or cfg.kind}' could not be loaded as kind={cfg.kind} "
             f"arch={cfg.arch or '(from the file)'} ({detail[:240]}); check teacher.kind / teacher.arch"
         ) from None
+    if getattr(cfg, "prototypes", None) is not None:  # fitted prototypes replace whatever head it has
+        from rob_ray.models.teachers.headless import apply_prototypes
+
+        teacher = apply_prototypes(teacher, cfg)
+    return teacher
