@@ -46,7 +46,8 @@ __all__ = [
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `optim.lr=.inf` (or nan anywhere) is refused here, not trained on.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 Range = tuple[float, float]
@@ -149,6 +150,8 @@ class TeacherConfig(StrictModel):
     head_bottleneck_dim: int | None = Field(None, gt=0)
     head_num_layers: int | None = Field(None, ge=1)
     head_use_bn: bool | None = None
+    allow_random_init: bool = Field(False, description="kind=timm without weights: distil from a random network "
+                                    "(refused unless set; almost always a missing teacher.checkpoint)")
 
 
 class HeadConfig(StrictModel):
@@ -374,7 +377,8 @@ class DebugConfig(StrictModel):
 
 
 class Config(StrictModel):
-    seed: int = 0
+    # The data stream uses the seed's low 32 bits; torch.manual_seed takes < 2**64: bound it here, not in a worker.
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     teacher: TeacherConfig = TeacherConfig()

@@ -101,13 +101,20 @@ def init_ray(cfg: Config) -> None:
     job_vars = _job_env_var_names()
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items() if k not in job_vars}}
     address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")
+    if address == "local":  # a new local Ray even beside a running cluster: sized like any local start below
+        address = "local-only"
+    if address is None and (stale := _stale_cluster_file()):
+        # ray.init("auto") would wait minutes for a cluster that was killed without `ray stop`.
+        print(f"[rob_ray] note: Ray's address file names {stale}, where no cluster answers; starting a new local Ray",
+              flush=True)
+        address = "local-only"
     if address is None:
         try:
             ray.init(address="auto", runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
             return _announce("joined the running cluster")
         except ConnectionError:
             pass
-    if address is not None:
+    if address is not None and address != "local-only":
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
         return _announce("joined the running cluster")
     # Workers of a cluster we start import the same rob_ray as this driver (a clone that was
@@ -118,11 +125,28 @@ def init_ray(cfg: Config) -> None:
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
     # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
     custom = {k.removeprefix("resource/"): v for k, v in plan.items() if k.startswith("resource/")}
-    ray.init(num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
+    ray.init(address="local" if address == "local-only" else None,
+             num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
              resources=custom or None,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
-    _announce("started a local Ray")
+    _announce("started a new local Ray (scaling.ray_address=local: any other Ray on this host is left alone)"
+              if address == "local-only" else "started a local Ray")
+
+
+def _stale_cluster_file() -> str | None:
+    """The address in Ray's `ray_current_cluster` file when nothing listens there (None otherwise)."""
+    import socket
+
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        text = Path(get_ray_address_file(None)).read_text().strip()
+        host, port = text.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return None
+    except (ImportError, OSError, ValueError) as exc:
+        return text if isinstance(exc, ConnectionRefusedError) else None
 
 
 def _job_env_var_names() -> set[str]:
