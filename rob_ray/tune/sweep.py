@@ -124,7 +124,7 @@ def one_line_reason(err: BaseException) -> str:
             break
         err = inner
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.startswith((" ", "Traceback"))]
-    return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _trial_id(result: Any) -> str:
