@@ -151,3 +151,21 @@ def test_tune_dry_run_of_a_good_sweep_passes(tmp_path, capsys, no_ray):
                f"run.storage_path={tmp_path / 'runs'}"])
     assert rc == 0, capsys.readouterr().err
     assert "metric: loss" in capsys.readouterr().out
+
+
+def test_gpu_shortfall_after_joining_a_cluster_gives_gpu_remedies(monkeypatch):
+    import ray
+
+    from rob_ray.config import ConfigError, load_config
+    from rob_ray.train.launch import _check_cluster_fits
+
+    cpu_node = {"CPU": 8.0, "memory": 1e10}
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": cpu_node}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: cpu_node)
+    monkeypatch.setattr(ray, "available_resources", lambda: cpu_node)
+    monkeypatch.delenv("ROB_RAY_AUTOSCALING", raising=False)
+    with pytest.raises(ConfigError) as err:
+        _check_cluster_fits(load_config(None, [*SMALL, "scaling.num_workers=1", "scaling.use_gpu=true"]))
+    msg = str(err.value)
+    assert "1 GPU (cluster has 0)" in msg and "add GPU nodes" in msg and "scaling.use_gpu=false" in msg
+    assert "cpus_per_worker" not in msg  # no CPU remedies for a missing GPU

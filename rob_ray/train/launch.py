@@ -200,6 +200,11 @@ def _check_cluster_fits(cfg: Config) -> None:
     short = cluster_shortfalls(cfg, ray.cluster_resources(), nodes)
     if not short and (warning := busy_warning(cfg, ray.available_resources(), nodes)):
         print(warning, flush=True)
+    if short and cfg.scaling.use_gpu and plan_gpus_short(short):
+        raise ConfigError(
+            f"resource error: the run needs {'; '.join(short)}; add GPU nodes to the cluster (or join one that has "
+            "them: RAY_ADDRESS / scaling.ray_address), lower scaling.num_workers / scaling.gpus_per_worker, or set "
+            "scaling.use_gpu=false")
     if short:
         plan = resource_plan(cfg)
         raise ConfigError(
@@ -207,6 +212,11 @@ def _check_cluster_fits(cfg: Config) -> None:
             "data CPUs); lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor / custom resources, "
             "or set ROB_RAY_AUTOSCALING=1 on an autoscaling cluster"
         )
+
+
+def plan_gpus_short(short: list[str]) -> bool:
+    """Is a GPU among what the cluster lacks (`cluster_shortfalls` lines)?"""
+    return any(" GPU (cluster has" in line for line in short)
 
 
 def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:
