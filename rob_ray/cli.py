@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", default=None, help="YAML config (default: experiments/configs/demo.yaml)")
         sp.add_argument("--dry-run", action="store_true", help="validate and print the resolved config and plan")
+        sp.add_argument("--verbose", action="store_true", help="Ray's own INFO logs on the console too (default: "
+                        "in Ray's log files only)")
         sp.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 scaling.num_workers=2")
     tp = sub.add_parser("teachers", help="list the teacher catalogue (NAME: one entry, its URL and local file)")
     tp.add_argument("name", nargs="?", default=None)
@@ -74,12 +76,15 @@ def _unknown_command(word: str) -> str | None:
     return f"error: unknown command '{word}'{hint}; commands: {', '.join(COMMANDS)} (or key=value overrides for the demo)"
 
 
-def _quiet_console() -> None:
-    """No colour codes when stdout is not a terminal (a log file, a pipe, CI)."""
+def _quiet_console(verbose: bool = False) -> None:
+    """No colour codes when stdout is not a terminal (a log file, a pipe, CI); Ray Data's INFO lines
+    (execution plans) go to its log file unless `--verbose` (the launcher passes the variable to workers)."""
     import os
 
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if verbose:
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = str(Path(__file__).resolve().parent / "ray_data_logging_verbose.yaml")
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["demo", *argv]
     args = _parser().parse_args(argv)
-    _quiet_console()
+    _quiet_console(verbose=getattr(args, "verbose", False))
     try:
         if args.command == "teachers":
             from rob_ray.models.teachers.catalogue import describe_entry, format_catalogue

@@ -27,6 +27,8 @@ QUIET_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "34359738368",
     "MALLOC_TRIM_THRESHOLD_": "34359738368",
     "MALLOC_TOP_PAD_": "1073741824",
+    # Ray Data's INFO lines (execution plans) to its log file only; `--verbose` points this at the *_verbose.yaml.
+    "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).resolve().parents[1] / "ray_data_logging.yaml"),
 }
 
 
