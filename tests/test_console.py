@@ -93,3 +93,22 @@ def test_no_colour_codes_when_stdout_is_not_a_terminal(monkeypatch):
     monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
     _quiet_console()  # pytest's captured stdout is not a terminal
     assert os.environ["RAY_COLOR_PREFIX"] == "0"
+
+
+def test_a_ray_address_file_of_a_killed_cluster_is_noticed(tmp_path, monkeypatch):
+    import socket
+
+    import ray._common.utils as ray_utils
+
+    from rob_ray.train.launch import _stale_cluster_file
+
+    address_file = tmp_path / "ray_current_cluster"
+    monkeypatch.setattr(ray_utils, "get_ray_address_file", lambda temp_dir: str(address_file))
+    assert _stale_cluster_file() is None  # no file: Ray's own lookup decides
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        port = live.getsockname()[1]
+        address_file.write_text(f"127.0.0.1:{port}")
+        assert _stale_cluster_file() is None  # something answers: join it
+    assert _stale_cluster_file() == f"127.0.0.1:{port}"  # closed now: nothing answers
