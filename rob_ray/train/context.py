@@ -147,7 +147,10 @@ class RayTrainContext(TrainContext):
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
-        if not (self.storage is not None and self.storage.is_remote):
+        remote = self.storage is not None and self.storage.is_remote
+        # A run folder this worker cannot list (a node without the shared mount): Ray's record only.
+        listable = ckpt is None or (self.run_dir / Path(ckpt.path).name).is_dir()
+        if not remote and listable:
             # A local or shared run folder: the newest complete checkpoint in it, recorded by Ray or not.
             choice = choose_resume(self.run_dir, None if ckpt is None else Path(ckpt.path).name)
             if self.rank == 0:
@@ -156,7 +159,7 @@ class RayTrainContext(TrainContext):
                     print(choice.message(), flush=True)
             self._resumed_at(0 if choice.state is None else int(choice.state["step"]))
             return choice.state
-        state = self._load_ray_record(ckpt)  # URI storage: only Ray's record is listed
+        state = self._load_ray_record(ckpt)  # URI storage: only Ray's record is tried
         self._resumed_at(0 if state is None else int(state["step"]))
         return state
 
