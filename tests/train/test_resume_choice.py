@@ -107,3 +107,54 @@ def test_tensorboard_events_after_the_resumed_step_are_dropped(tmp_path):
     assert _event_steps(tmp_path / "tensorboard") == [1, 2, 3, 4, 5, 6]
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
     assert trim_run_logs(tmp_path, 6) is None  # nothing to drop: no note
+
+
+class _FakeRay:
+    """Just enough of ray.train for RayTrainContext on rank 0: Ray's record and its persisting of reports."""
+
+    def __init__(self, run_dir: Path, recorded: str | None) -> None:
+        self.run_dir, self.recorded = run_dir, recorded
+
+    def install(self, monkeypatch) -> None:
+        import shutil
+        from types import SimpleNamespace
+
+        import ray.train
+        import ray.train.torch
+
+        ctx = SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1)
+        monkeypatch.setattr(ray.train, "get_context", lambda: ctx)
+        monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+        monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None if self.recorded is None else
+                            SimpleNamespace(path=str(self.run_dir / self.recorded)))
+
+        def report(metrics, checkpoint=None, checkpoint_dir_name=None):
+            if checkpoint is not None:  # Ray copies the folder into the run folder, then records it
+                shutil.copytree(checkpoint.path, self.run_dir / checkpoint_dir_name)
+                self.recorded = checkpoint_dir_name
+                _snapshot(self.run_dir, [checkpoint_dir_name])
+
+        monkeypatch.setattr(ray.train, "report", report)
+
+
+def test_ray_context_resumes_from_the_unrecorded_folder_trims_logs_then_removes_it(tmp_path, monkeypatch, capsys):
+    from rob_ray.train.context import RayTrainContext
+
+    run = tmp_path / "run"
+    for s in (2, 4, 6):
+        _ckpt(run, f"checkpoint_step_{s:08d}", s)
+    _snapshot(run, ["checkpoint_step_00000002", "checkpoint_step_00000004"])  # killed before 6 was recorded
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 8)))
+    _FakeRay(run, "checkpoint_step_00000004").install(monkeypatch)
+    ctx = RayTrainContext(None, run)
+    state = ctx.load_latest()
+    out = capsys.readouterr().out
+    assert state["step"] == 6 and torch.equal(state["w"], torch.full((4,), 6.0))
+    assert "resuming from checkpoint_step_00000006 (step 6)" in out and "Ray's record ends at checkpoint_step_00000004" in out
+    assert "dropped 1 metrics.jsonl row(s)" in out
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    ctx.save(8, {"step": 8, "w": torch.zeros(4)}, {"step": 8})
+    assert "removed superseded checkpoint folder(s) Ray did not track: checkpoint_step_00000006" in capsys.readouterr().out
+    # Ray's own folders stay for Ray to rotate (deleting one it recorded would break its next restore).
+    assert sorted(p.name for p in run.glob("checkpoint_step_*")) == \
+        ["checkpoint_step_00000002", "checkpoint_step_00000004", "checkpoint_step_00000008"]
