@@ -27,8 +27,6 @@ QUIET_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "34359738368",
     "MALLOC_TRIM_THRESHOLD_": "34359738368",
     "MALLOC_TOP_PAD_": "1073741824",
-    # Ray Data's INFO lines (execution plans) to its log file only; `--verbose` points this at the *_verbose.yaml.
-    "RAY_DATA_LOGGING_CONFIG": str(Path(__file__).resolve().parents[1] / "ray_data_logging.yaml"),
 }
 
 
@@ -103,13 +101,12 @@ def init_ray(cfg: Config) -> None:
     job_vars = _job_env_var_names()
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items() if k not in job_vars}}
     address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")
+    how = "started a local Ray"
     if address == "local":  # a new local Ray even beside a running cluster: sized like any local start below
-        address = "local-only"
+        address, how = "local-only", "started a new local Ray (scaling.ray_address=local: any other Ray here is left alone)"
     if address is None and (stale := _stale_cluster_file()):
         # ray.init("auto") would wait minutes for a cluster that was killed without `ray stop`.
-        print(f"[rob_ray] note: Ray's address file names {stale}, where no cluster answers; starting a new local Ray",
-              flush=True)
-        address = "local-only"
+        address, how = "local-only", f"started a new local Ray (Ray's address file names {stale}, where no cluster answers)"
     if address is None:
         try:
             ray.init(address="auto", runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
@@ -123,6 +120,10 @@ def init_ray(cfg: Config) -> None:
     # not pip-installed, or a second checkout, must not pick up another copy).
     package_root = str(Path(__file__).resolve().parents[2])
     runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    # Ray Data's INFO lines (execution plans) to its log file only (the CLI's --verbose picks the *_verbose.yaml);
+    # only on a cluster started here, where this path exists on every node.
+    runtime_env["env_vars"]["RAY_DATA_LOGGING_CONFIG"] = os.environ.setdefault(
+        "RAY_DATA_LOGGING_CONFIG", str(Path(package_root) / "rob_ray" / "ray_data_logging.yaml"))
     plan = resource_plan(cfg)
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
     # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
@@ -132,8 +133,7 @@ def init_ray(cfg: Config) -> None:
              resources=custom or None,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
-    _announce("started a new local Ray (scaling.ray_address=local: any other Ray on this host is left alone)"
-              if address == "local-only" else "started a local Ray")
+    _announce(how)
 
 
 def _stale_cluster_file() -> str | None:
