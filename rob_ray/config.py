@@ -48,7 +48,8 @@ __all__ = [
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `optim.lr=.inf` (or nan anywhere) is refused here, not trained on.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 Range = tuple[float, float]
@@ -189,6 +190,8 @@ class TeacherConfig(StrictModel):
     head_bottleneck_dim: int | None = Field(None, gt=0)
     head_num_layers: int | None = Field(None, ge=1)
     head_use_bn: bool | None = None
+    allow_random_init: bool = Field(False, description="kind=timm without weights: distil from a random network "
+                                    "(refused unless set; almost always a missing teacher.checkpoint)")
     prototypes: PrototypesConfig | None = Field(
         None, description="fitted prototypes as the teacher's head (DINOv2/v3, MAE, any backbone): {fit: {k, images}}")
 
@@ -436,7 +439,8 @@ class DebugConfig(StrictModel):
 
 
 class Config(StrictModel):
-    seed: int = 0
+    # The data stream uses the seed's low 32 bits; torch.manual_seed takes < 2**64: bound it here, not in a worker.
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     teacher: TeacherConfig = TeacherConfig()

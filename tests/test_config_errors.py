@@ -116,7 +116,7 @@ PREFLIGHT_CASES = [
     (["data.path={d}/notes.txt"], DataSourceError, ["is a file", "data.format=parquet"]),
     (["data.path={d}/table.parquet"], DataSourceError, ["has no column 'image' (columns: x)", "data.parquet_image_column"]),
     (["optim.batch_size=5000"], ConfigError, ["optim.batch_size = 5000", "fewer than one global batch"]),
-    (["data.eval_path={d}/nope"], ConfigError, ["data.eval_path = '{d}/nope' has no train/ or val/ folder"]),
+    (["data.eval_path={d}/nope"], ConfigError, ["data.eval_path = '{d}/nope' is not a folder", "train/ and val/"]),
 ]
 
 

@@ -57,7 +57,8 @@ def test_too_small_gpu_names_the_shortfall_and_a_batch_that_fits(small_folder, t
     assert at3 <= have < at4
 
 
-def test_gpu_fraction_and_the_plan(small_folder, tmp_path):
+def test_gpu_fraction_and_the_plan(small_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # planned on a CPU driver for a cluster with GPU nodes
     base = tiny_overrides(small_folder, tmp_path) + ["scaling.use_gpu=true", "scaling.gpu_memory_gb=80"]
     pre = preflight(load_config(None, base))
     assert pre.plan["gpu_memory_available_gib"] == 80 * MEMORY_BUDGET and 1.0 < pre.plan["gpu_memory_needed_gib"] < 2.0

@@ -31,12 +31,14 @@ class Preflight:
 def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     """Scan the data, build teacher and student on CPU, check they fit. Raises ConfigError-like errors."""
     from rob_ray.checks.compat import check_compatibility, summary
+    from rob_ray.checks.inputs import check_inputs
     from rob_ray.data.schedule import SampleSchedule
     from rob_ray.methods import build_models
     from rob_ray.storage import is_uri
     from rob_ray.train.launch import resource_plan
     from rob_ray.train.resume import check_resumable
 
+    check_inputs(cfg)  # file types, folder layouts, storage, GPU, teacher weights: no model, no Ray
     if table is None:
         table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                             cfg.data.parquet_label_column, cfg.data.max_images)

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_accuracy_bars", "plot_lowshot", "plot_online_knn", "plot_run", "plot_training_curves",
+__all__ = ["plot_accuracy_bars", "plot_knn_table", "plot_lowshot", "plot_online_knn", "plot_run", "plot_training_curves",
            "read_metrics"]
 
-_CURVES = (("loss", "loss"), ("kl_teacher_student", "KL(teacher || student)"),
+_CURVES = (("loss", "loss"), ("online_knn_top1", "online k-NN top-1 %"), ("kl_teacher_student", "KL(teacher || student)"),
            ("student_entropy", "entropy (nats)"), ("lr", "learning rate"), ("embedding_std", "embedding std"),
-           ("img_per_s", "images / s"))
+           ("img_per_s", "images / s"), ("data_wait_frac", "data-wait fraction"))
 
 
 def _plt():
@@ -118,6 +118,13 @@ def plot_accuracy_bars(results: dict[str, Any], path: Path, knn_k: str = "20", s
         return None
     series = {n: [g(r) for g in getters] for n, r in results["models"].items()}
     return _grouped_bars(groups, series, "top-1 %", path)
+
+
+def plot_knn_table(report: dict[str, Any], path: Path) -> Path | None:
+    """The demo's k-NN table (`rob_ray.eval.report.knn_report`) as a bar chart: one bar per model."""
+    k = str(report.get("k", 20))
+    results = {"models": {r["model"]: {"knn": {k: r["knn_top1"]}} for r in report.get("rows", [])}}
+    return plot_accuracy_bars(results, path, knn_k=k) if results["models"] else None
 
 
 def plot_run(run_dir: Path, results: dict[str, Any], out_dir: Path) -> dict[str, Path]:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,17 @@ import torch
 from rob_ray.errors import CheckpointError
 
 __all__ = [
+    "RAY_SNAPSHOT",
     "CheckpointError",
     "LocalCheckpoints",
+    "ResumeChoice",
     "checkpoint_dirs",
+    "checkpoint_step",
+    "choose_resume",
     "file_sha256",
     "latest_good",
     "load_state",
+    "ray_recorded",
     "save_state",
     "unused_checkpoint_name",
     "verify_checkpoint",
@@ -34,6 +40,7 @@ __all__ = [
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of the checkpoints it tracks
 
 
 def file_sha256(path: str | Path) -> str:
@@ -82,11 +89,18 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     want = meta.get("state_sha256")
     if want is None:  # written before checksums existed: only the unpickling check below applies
         return meta
-    size = f.stat().st_size
+    try:
+        size = f.stat().st_size
+    except OSError:  # removed while we looked (a superseded folder being cleaned up)
+        raise CheckpointError(f"checkpoint '{d}' has no {STATE_FILE}") from None
     if size != meta.get("state_bytes", size):
         raise CheckpointError(f"checkpoint '{d}' is truncated: {STATE_FILE} has {size} bytes, "
                               f"{meta['state_bytes']} were written")
-    if file_sha256(f) != want:
+    try:
+        digest = file_sha256(f)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint '{d}' is unreadable ({type(exc).__name__})") from None
+    if digest != want:
         raise CheckpointError(f"checkpoint '{d}' is corrupt: {STATE_FILE} does not match its SHA-256 in {META_FILE}")
     return meta
 
@@ -115,6 +129,73 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
             if m and p.is_dir():
                 found.append((int(m.group(1)), int(m.group(2) or 0), str(p), p))
     return [p for *_, p in sorted(found)]
+
+
+def checkpoint_step(path: str | Path) -> tuple[int, int]:
+    """(step, rewrite K) from a checkpoint folder's name (`checkpoint_step_N[_rK]`, `step_N`); (-1, 0) otherwise."""
+    m = _STEP_NAME.search(Path(path).name)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else (-1, 0)
+
+
+def ray_recorded(run_dir: str | Path) -> set[str] | None:
+    """Checkpoint folder names Ray Train's snapshot records for this run (an empty set when Ray
+    wrote none yet); None when the snapshot exists but cannot be read (then nothing is deleted)."""
+    f = Path(run_dir) / RAY_SNAPSHOT
+    if not f.is_file():
+        return set()
+    try:
+        snap = json.loads(f.read_text())
+        results = [*snap.get("checkpoint_results", []), *snap.get("pending_training_results", []),
+                   snap.get("latest_checkpoint_result") or {}]
+        return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return None
+
+
+@dataclass
+class ResumeChoice:
+    """Which checkpoint a relaunch continues from, why, and the folders it makes obsolete."""
+
+    path: Path | None
+    state: dict[str, Any] | None
+    reason: str
+    superseded: list[Path] = field(default_factory=list)  # delete once a newer checkpoint is on disk
+
+    def message(self) -> str:
+        if self.path is None:
+            return f"[rob_ray] starting from step 0: {self.reason}"
+        return f"[rob_ray] resuming from {self.path.name} (step {self.state['step']}): {self.reason}"
+
+
+def choose_resume(run_dir: str | Path, ray_name: str | None) -> ResumeChoice:
+    """The newest complete checkpoint (`meta.json` checksum verified) among the run folder's
+    `checkpoint_step_*` folders, whether or not Ray recorded it.
+
+    Ray records a checkpoint only after its folder is fully written; a driver killed in between
+    leaves a complete folder Ray does not know (its `get_checkpoint()` then names an older one, or
+    none). Such a folder, and every other one Ray does not track, is `superseded` once a newer
+    checkpoint is saved: Ray never deletes folders it does not track, so the caller does.
+    `ray_name`: the folder `ray.train.get_checkpoint()` gave (None: Ray has none).
+    """
+    dirs = [p for p in checkpoint_dirs(run_dir) if p.parent == Path(run_dir)]
+    found = latest_good(dirs)
+    recorded = ray_recorded(run_dir)
+    untracked = [] if recorded is None else [p for p in dirs if p.name not in recorded]
+    if found is None:
+        why = "no complete checkpoint in the run folder" if dirs else "no checkpoint yet"
+        return ResumeChoice(None, None, why, untracked)
+    path, state = found
+    if ray_name is None:
+        why = "the newest complete checkpoint in the run folder; Ray had recorded none (the previous driver " \
+              "stopped between writing it and Ray's record)"
+    elif ray_name == path.name:
+        why = "Ray's newest recorded checkpoint"
+    elif checkpoint_step(ray_name) > checkpoint_step(path):
+        why = f"the newest complete checkpoint; Ray's newest record {ray_name} is damaged or missing"
+    else:
+        why = f"the newest complete checkpoint in the run folder; Ray's record ends at {ray_name} (the previous " \
+              "driver stopped between writing this one and Ray's record)"
+    return ResumeChoice(path, state, why, untracked)
 
 
 def unused_checkpoint_name(run_dir: str | Path, step: int) -> str:

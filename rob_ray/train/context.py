@@ -4,6 +4,7 @@ whole training loop runs in a CPU unit test without a cluster (and on a GPU box 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,14 @@ from rob_ray.train.checkpoint import (
     CheckpointError,
     LocalCheckpoints,
     checkpoint_dirs,
+    checkpoint_step,
+    choose_resume,
     latest_good,
     load_state,
     save_state,
     unused_checkpoint_name,
 )
+from rob_ray.train.run_logs import trim_run_logs
 
 __all__ = ["LocalContext", "RayTrainContext", "TrainContext"]
 
@@ -57,6 +61,11 @@ class TrainContext:
         """Mirror rank 0's files to a URI `run.storage_path` (no-op for a local folder)."""
         if self.storage is not None and self.rank == 0:
             self.storage.push()
+
+    def _resumed_at(self, step: int) -> None:
+        """Rank 0, before the loop logs again: logs written after the resumed step go."""
+        if self.rank == 0 and (note := trim_run_logs(self.run_dir, step)):
+            print(f"[rob_ray] {note}", flush=True)
 
 
 def _run_folder(run_dir: str | Path | RunStorage) -> tuple[Path, RunStorage | None]:
@@ -91,7 +100,12 @@ class LocalContext(TrainContext):
 
     def load_latest(self) -> dict[str, Any] | None:
         found = self.checkpoints.latest()
-        return None if found is None else found[1]
+        state = None if found is None else found[1]
+        if found is not None and self.rank == 0:
+            print(f"[rob_ray] resuming from {found[0].name} (step {state['step']}): the newest complete checkpoint "
+                  f"in {self.checkpoints.root}", flush=True)
+        self._resumed_at(0 if state is None else int(state["step"]))
+        return state
 
     def save(self, step, state, metrics):
         if state is not None:
@@ -122,6 +136,7 @@ class RayTrainContext(TrainContext):
         self.table_ref = table_ref
         self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
                           "prefetch_batches": prefetch_batches, "actor_resources": actor_resources}
+        self._superseded: list[Path] = []  # set by load_latest, emptied by the next save
 
     def batches(self, policy, schedule, start_step, end_step):
         from rob_ray.data.stream import ray_batches
@@ -132,6 +147,23 @@ class RayTrainContext(TrainContext):
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
+        remote = self.storage is not None and self.storage.is_remote
+        # A run folder this worker cannot list (a node without the shared mount): Ray's record only.
+        listable = ckpt is None or (self.run_dir / Path(ckpt.path).name).is_dir()
+        if not remote and listable:
+            # A local or shared run folder: the newest complete checkpoint in it, recorded by Ray or not.
+            choice = choose_resume(self.run_dir, None if ckpt is None else Path(ckpt.path).name)
+            if self.rank == 0:
+                self._superseded = choice.superseded
+                if choice.path is not None or choice.superseded:
+                    print(choice.message(), flush=True)
+            self._resumed_at(0 if choice.state is None else int(choice.state["step"]))
+            return choice.state
+        state = self._load_ray_record(ckpt)  # URI storage: only Ray's record is tried
+        self._resumed_at(0 if state is None else int(state["step"]))
+        return state
+
+    def _load_ray_record(self, ckpt: Any) -> dict[str, Any] | None:
         if ckpt is None:
             return None
         try:
@@ -140,7 +172,7 @@ class RayTrainContext(TrainContext):
         except CheckpointError as exc:
             print(f"[rob_ray] warning: {exc}; trying an older checkpoint of {self.run_dir}", flush=True)
         # Ray's newest is damaged (e.g. cut short by a crash): the previous good one from the run
-        # folder (local or shared storage; Ray keeps run.num_to_keep of them).
+        # folder (Ray keeps run.num_to_keep of them).
         bad = Path(ckpt.path).name
         found = latest_good([p for p in checkpoint_dirs(self.run_dir) if p.name != bad])
         if found is None:
@@ -148,6 +180,17 @@ class RayTrainContext(TrainContext):
             return None
         print(f"[rob_ray] resuming from {found[0]}", flush=True)
         return found[1]
+
+    def _drop_superseded(self, saved_step: int) -> None:
+        """Rank 0, after a newer checkpoint is on disk: folders Ray never tracked (a killed driver's
+        last one, damaged ones) go; Ray deletes only what it recorded, by run.num_to_keep."""
+        gone = [p for p in self._superseded if checkpoint_step(p)[0] <= saved_step or not p.exists()]
+        for p in gone:
+            shutil.rmtree(p, ignore_errors=True)
+        if gone:
+            print(f"[rob_ray] removed superseded checkpoint folder(s) Ray did not track: "
+                  f"{', '.join(p.name for p in gone)}", flush=True)
+        self._superseded = [p for p in self._superseded if p not in gone]
 
     def save(self, step, state, metrics):
         import ray.train
@@ -162,6 +205,7 @@ class RayTrainContext(TrainContext):
                              checkpoint_dir_name=name)
         where = self.storage.uri if self.storage is not None else str(self.run_dir)
         print(f"[rob_ray] saved {name} in {where}", flush=True)
+        self._drop_superseded(step)
         self.flush_outputs()
 
     def report(self, metrics):

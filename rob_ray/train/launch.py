@@ -101,28 +101,54 @@ def init_ray(cfg: Config) -> None:
     job_vars = _job_env_var_names()
     runtime_env = {"env_vars": {k: os.environ.get(k, v) for k, v in QUIET_ENV.items() if k not in job_vars}}
     address = cfg.scaling.ray_address or os.environ.get("RAY_ADDRESS")
+    how = "started a local Ray"
+    if address == "local":  # a new local Ray even beside a running cluster: sized like any local start below
+        address, how = "local-only", "started a new local Ray (scaling.ray_address=local: any other Ray here is left alone)"
+    if address is None and (stale := _stale_cluster_file()):
+        # ray.init("auto") would wait minutes for a cluster that was killed without `ray stop`.
+        address, how = "local-only", f"started a new local Ray (Ray's address file names {stale}, where no cluster answers)"
     if address is None:
         try:
             ray.init(address="auto", runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
             return _announce("joined the running cluster")
         except ConnectionError:
             pass
-    if address is not None:
+    if address is not None and address != "local-only":
         ray.init(address=address, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
         return _announce("joined the running cluster")
     # Workers of a cluster we start import the same rob_ray as this driver (a clone that was
     # not pip-installed, or a second checkout, must not pick up another copy).
     package_root = str(Path(__file__).resolve().parents[2])
     runtime_env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    # Ray Data's INFO lines (execution plans) to its log file only (the CLI's --verbose picks the *_verbose.yaml);
+    # only on a cluster started here, where this path exists on every node.
+    runtime_env["env_vars"]["RAY_DATA_LOGGING_CONFIG"] = os.environ.setdefault(
+        "RAY_DATA_LOGGING_CONFIG", str(Path(package_root) / "rob_ray" / "ray_data_logging.yaml"))
     plan = resource_plan(cfg)
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
     # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
     custom = {k.removeprefix("resource/"): v for k, v in plan.items() if k.startswith("resource/")}
-    ray.init(num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
+    ray.init(address="local" if address == "local-only" else None,
+             num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
              resources=custom or None,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
-    _announce("started a local Ray")
+    _announce(how)
+
+
+def _stale_cluster_file() -> str | None:
+    """The address in Ray's `ray_current_cluster` file when nothing listens there (None otherwise)."""
+    import socket
+
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        text = Path(get_ray_address_file(None)).read_text().strip()
+        host, port = text.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return None
+    except (ImportError, OSError, ValueError) as exc:
+        return text if isinstance(exc, ConnectionRefusedError) else None
 
 
 def _job_env_var_names() -> set[str]:
@@ -176,6 +202,11 @@ def _check_cluster_fits(cfg: Config) -> None:
     short = cluster_shortfalls(cfg, ray.cluster_resources(), nodes)
     if not short and (warning := busy_warning(cfg, ray.available_resources(), nodes)):
         print(warning, flush=True)
+    if short and cfg.scaling.use_gpu and plan_gpus_short(short):
+        raise ConfigError(
+            f"resource error: the run needs {'; '.join(short)}; add GPU nodes to the cluster (or join one that has "
+            "them: RAY_ADDRESS / scaling.ray_address), lower scaling.num_workers / scaling.gpus_per_worker, or set "
+            "scaling.use_gpu=false")
     if short:
         plan = resource_plan(cfg)
         raise ConfigError(
@@ -183,6 +214,11 @@ def _check_cluster_fits(cfg: Config) -> None:
             "data CPUs); lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor / custom resources, "
             "or set ROB_RAY_AUTOSCALING=1 on an autoscaling cluster"
         )
+
+
+def plan_gpus_short(short: list[str]) -> bool:
+    """Is a GPU among what the cluster lacks (`cluster_shortfalls` lines)?"""
+    return any(" GPU (cluster has" in line for line in short)
 
 
 def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:

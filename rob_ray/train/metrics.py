@@ -79,7 +79,8 @@ class MetricsWriter:
             try:
                 from tensorboardX import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                # A unique suffix: a relaunch within the same second must not overwrite the last file.
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), filename_suffix=f".{time.time_ns()}")
             except ImportError:
                 self.tb = None
 

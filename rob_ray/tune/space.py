@@ -18,7 +18,7 @@ from typing import Any
 
 from rob_ray.config import Config, ConfigError, validate_config
 
-__all__ = ["DISTRIBUTIONS", "check_space", "resolve_trial_config", "to_tune_space"]
+__all__ = ["DISTRIBUTIONS", "check_space", "corner_configs", "resolve_trial_config", "to_tune_space"]
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 
@@ -92,6 +92,14 @@ def check_space(base: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[
             shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
             raise ConfigError(f"{exc} (search_space allows {shown}; narrow the search space)") from None
     return parsed
+
+
+def corner_configs(base: dict[str, Any], parsed: dict[str, tuple[str, Any]]):
+    """Yield (values, Config) for every corner combination of a parsed space (already validated)."""
+    keys = list(parsed)
+    for combo in itertools.product(*(_candidates(*parsed[k]) for k in keys)):
+        values = dict(zip(keys, combo))
+        yield values, resolve_trial_config(base, values)
 
 
 def to_tune_space(parsed: dict[str, tuple[str, Any]]) -> dict[str, Any]:

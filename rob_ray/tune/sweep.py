@@ -24,7 +24,7 @@ from rob_ray.train.launch import fit, init_ray, resource_plan
 from rob_ray.tune.outputs import best_trial, write_best_config, write_sweep_plot, write_trials_csv
 from rob_ray.tune.space import check_space, resolve_trial_config, to_tune_space
 
-__all__ = ["SweepResult", "plan_concurrency", "run_sweep"]
+__all__ = ["SweepResult", "one_line_reason", "plan_concurrency", "run_sweep"]
 
 
 class SweepResult(dict):
@@ -114,6 +114,24 @@ def run_sweep(cfg: Config) -> SweepResult:
     return write_outputs(cfg, base, results, sweep_dir, num_images=len(table))
 
 
+def one_line_reason(err: BaseException) -> str:
+    """The innermost cause of a trial's error as 'Type: first line' (Tune and Ray Train wrap it twice)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None) or err.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip() and not ln.startswith((" ", "Traceback"))]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _trial_id(result: Any) -> str:
+    path = getattr(result, "path", None) or ""
+    return Path(path).name or "?"
+
+
 def _total_steps(cfg: Config, num_images: int) -> int:
     from rob_ray.data.schedule import SampleSchedule
 
@@ -126,10 +144,12 @@ def write_outputs(cfg: Config, base: dict[str, Any], results: Any, sweep_dir: Pa
     for r in results:
         history = r.metrics_dataframe.to_dict("records") if r.metrics_dataframe is not None else []
         params = {k: v for k, v in (r.config or {}).items() if k in cfg.tune.search_space}
-        trials.append({"trial_id": (r.metrics or {}).get("trial_id", "?"), "params": params, "history": history,
-                       "status": "ERROR" if r.error else "TERMINATED",
+        trials.append({"trial_id": (r.metrics or {}).get("trial_id") or _trial_id(r), "params": params,
+                       "history": history, "status": "ERROR" if r.error else "TERMINATED",
+                       "reason": one_line_reason(r.error) if r.error else "",
                        "total_steps": _total_steps(resolve_trial_config(base, params), num_images)})
-    out = SweepResult(sweep_dir=str(sweep_dir), trials=len(trials))
+    out = SweepResult(sweep_dir=str(sweep_dir), trials=len(trials),
+                      failed=[{"trial_id": t["trial_id"], "reason": t["reason"]} for t in trials if t["status"] == "ERROR"])
     out["trials_csv"] = str(write_trials_csv(trials, cfg.tune.metric, cfg.tune.mode, sweep_dir / "trials.csv"))
     out["sweep_png"] = str(write_sweep_plot(trials, cfg.tune.metric, sweep_dir / "sweep.png"))
     best = best_trial(trials, cfg.tune.metric, cfg.tune.mode)

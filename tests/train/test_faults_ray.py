@@ -57,11 +57,17 @@ def _assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_three_worker_crashes_then_truncated_checkpoint_end_like_an_uninterrupted_run(cluster):
+@pytest.fixture(scope="module")
+def reference(cluster) -> dict:
+    """The uninterrupted 9-step run's final student."""
     folder, root = cluster
     ref = fit(load_config(None, tiny_overrides(folder, root, "ref") + RUN))
     assert ref.metrics["step"] == 9 and ref.checkpoint_dir.name == "checkpoint_step_00000009"
-    reference = _student(ref.checkpoint_dir)
+    return _student(ref.checkpoint_dir)
+
+
+def test_three_worker_crashes_then_truncated_checkpoint_end_like_an_uninterrupted_run(cluster, reference):
+    folder, root = cluster
 
     # Rank 1 hard-exits during step 2 (no checkpoint yet), 5 (mid-epoch 1, right after the step-4
     # checkpoint, whose report the crash may lose) and 8 (mid-epoch 2).
@@ -72,7 +78,7 @@ def test_three_worker_crashes_then_truncated_checkpoint_end_like_an_uninterrupte
     assert sorted(p.name for p in (res.run_dir / "faults").iterdir()) == ["step_2.fired", "step_5.fired", "step_8.fired"]
     assert res.metrics["step"] == 9
     steps = _steps(res.run_dir)
-    assert steps[-1] == 9 and len(steps) > 9 and steps.count(1) == 2  # restarts replayed steps
+    assert steps == list(range(1, 10))  # restarts replayed steps, each restart cut the log back first
     assert res.checkpoint_dir.name == "checkpoint_step_00000009"
     _assert_same(_student(res.checkpoint_dir), reference)
 
@@ -84,9 +90,31 @@ def test_three_worker_crashes_then_truncated_checkpoint_end_like_an_uninterrupte
     assert latest_checkpoint_dir(res.run_dir).name == "checkpoint_step_00000008"
     again = fit(cfg)
     assert again.metrics["step"] == 9
-    assert _steps(res.run_dir)[len(steps):] == [9]
+    assert _steps(res.run_dir) == list(range(1, 10))  # step 9's row was cut, then logged again
     assert again.checkpoint_dir.name == "checkpoint_step_00000009_r1"
     _assert_same(_student(again.checkpoint_dir), reference)
+
+
+def test_a_checkpoint_ray_never_recorded_is_resumed_from_then_removed(cluster, reference, capfd):
+    # The driver is killed after the workers wrote checkpoint_step_2 but before Ray recorded it
+    # (simulated: Ray's record is removed), after it had logged step 3. The relaunch must resume at 2.
+    folder, root = cluster
+    cfg = load_config(None, tiny_overrides(folder, root, "orphan") + RUN)
+    first = fit(load_config(None, tiny_overrides(folder, root, "orphan") + RUN + ["optim.max_steps=2"]))
+    assert first.checkpoint_dir.name == "checkpoint_step_00000002"
+    (first.run_dir / "checkpoint_manager_snapshot.json").unlink()
+    with open(first.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
+    capfd.readouterr()
+    res = fit(cfg)
+    out = capfd.readouterr().out
+    assert "resuming from checkpoint_step_00000002 (step 2): the newest complete checkpoint in the run folder; " \
+           "Ray had recorded none" in out
+    assert "removed superseded checkpoint folder(s) Ray did not track: checkpoint_step_00000002" in out
+    assert _steps(res.run_dir) == list(range(1, 10))
+    assert sorted(p.name for p in res.run_dir.glob("checkpoint_step_*")) == \
+        ["checkpoint_step_00000008", "checkpoint_step_00000009"]  # Ray's last 2; the orphan is gone
+    _assert_same(_student(res.checkpoint_dir), reference)
 
 
 def test_bad_files_through_ray_data_are_counted_exactly(cluster, real_photos, tmp_path):

