@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             print("# plan")
             print(yaml.safe_dump(pre.plan, sort_keys=False).rstrip())
             return 0
+        from rob_ray.input_checks import check_gpu_available
+
+        check_gpu_available(cfg)  # a launch, not a plan: GPUs must exist here or on a cluster to join
         return _train(cfg, pre, demo=args.command == "demo")
     except ConfigError as exc:  # first, so a config error does not import torch to be reported (~0.3 s, not ~4 s)
         print(str(exc).splitlines()[0], file=sys.stderr)
@@ -155,6 +158,9 @@ def _tune(cfg: Config, dry_run: bool) -> int:
                                                for k, (kind, a) in parsed.items()},
                               "metric": cfg.tune.metric, "mode": cfg.tune.mode}, sort_keys=False).rstrip())
         return 0
+    from rob_ray.input_checks import check_gpu_available
+
+    check_gpu_available(cfg)
     from rob_ray.tune.sweep import run_sweep
 
     t0 = time.perf_counter()
