@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             print("# plan")
             print(yaml.safe_dump(pre.plan, sort_keys=False).rstrip())
             return 0
+        from rob_ray.input_checks import check_gpu_available
+
+        check_gpu_available(cfg)  # a launch, not a plan: GPUs must exist here or on a cluster to join
         return _train(cfg, pre, demo=args.command == "demo")
     except RobRayError as exc:  # every user error (rob_ray/errors.py); importing it needs no torch
         print(first_line(exc), file=sys.stderr)
@@ -164,6 +167,9 @@ def _tune(cfg: Config, dry_run: bool) -> int:
                                                for k, (kind, a) in parsed.items()},
                               "metric": cfg.tune.metric, "mode": cfg.tune.mode}, sort_keys=False).rstrip())
         return 0
+    from rob_ray.input_checks import check_gpu_available
+
+    check_gpu_available(cfg)
     from rob_ray.tune.sweep import run_sweep
 
     t0 = time.perf_counter()

@@ -203,11 +203,13 @@ def check_gpu_available(cfg) -> None:
 
 
 def check_inputs(cfg) -> None:
-    """Every check of this module, cheapest first. Raises ConfigError (one line)."""
+    """Every check of this module but the GPU one, cheapest first. Raises ConfigError (one line).
+
+    `check_gpu_available` runs only when a run is launched (not for `--dry-run`: planning a GPU
+    run for a cluster from a laptop is fine)."""
     check_storage(cfg)
     check_data_files(cfg)
     check_labelled_split(cfg.data.eval_path, "data.eval_path")
     if cfg.eval.online_knn_every_epochs:
         check_labelled_split(cfg.eval.online_knn_path, "eval.online_knn_path")
     check_teacher_weights(cfg)
-    check_gpu_available(cfg)

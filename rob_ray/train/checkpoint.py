@@ -186,15 +186,15 @@ def choose_resume(run_dir: str | Path, ray_name: str | None) -> ResumeChoice:
         return ResumeChoice(None, None, why, untracked)
     path, state = found
     if ray_name is None:
-        why = "the newest complete checkpoint in the run folder; Ray had recorded none (the previous driver " \
-              "stopped between writing it and Ray's record)"
+        why = "the newest complete checkpoint in the run folder; Ray had recorded none (its report was lost: the " \
+              "driver or a worker stopped between writing it and Ray's record)"
     elif ray_name == path.name:
         why = "Ray's newest recorded checkpoint"
     elif checkpoint_step(ray_name) > checkpoint_step(path):
         why = f"the newest complete checkpoint; Ray's newest record {ray_name} is damaged or missing"
     else:
-        why = f"the newest complete checkpoint in the run folder; Ray's record ends at {ray_name} (the previous " \
-              "driver stopped between writing this one and Ray's record)"
+        why = f"the newest complete checkpoint in the run folder; Ray's record ends at {ray_name} (this one's report " \
+              "was lost: the driver or a worker stopped between writing it and Ray's record)"
     return ResumeChoice(path, state, why, untracked)
 
 
