@@ -80,9 +80,9 @@ def build_configs(spec: dict[str, Any], data: Path, out: Path, smoke: bool, skip
 
 def main() -> int:
     args = _parse()
+    from rob_ray.checks.preflight import preflight
     from rob_ray.eval.embedders import EmbedSpec
     from rob_ray.eval.runner import evaluate_features, labelled_splits, markdown_table, split_features, write_results
-    from rob_ray.checks.preflight import preflight
     from rob_ray.train.launch import fit
 
     t0 = time.perf_counter()

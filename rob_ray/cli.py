@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print("# plan")
             print(yaml.safe_dump(pre.plan, sort_keys=False).rstrip())
             return 0
-        from rob_ray.input_checks import check_gpu_available
+        from rob_ray.checks.inputs import check_gpu_available
 
         check_gpu_available(cfg)  # a launch, not a plan: GPUs must exist here or on a cluster to join
         return _train(cfg, pre, demo=args.command == "demo")
@@ -167,7 +167,7 @@ def _tune(cfg: Config, dry_run: bool) -> int:
                                                for k, (kind, a) in parsed.items()},
                               "metric": cfg.tune.metric, "mode": cfg.tune.mode}, sort_keys=False).rstrip())
         return 0
-    from rob_ray.input_checks import check_gpu_available
+    from rob_ray.checks.inputs import check_gpu_available
 
     check_gpu_available(cfg)
     from rob_ray.tune.sweep import run_sweep
