@@ -165,8 +165,9 @@ def main() -> int:
 
 
 def table_md(r: dict[str, Any]) -> str:
+    steps = sorted({row["steps"] for row in r["rows"].values() if row.get("steps")})
     lines = [f"Imagenette val top-1 % at 64 px (k-NN k=20 T=0.07; linear probe), student resnet10t, "
-             f"{r['steps']} steps x 64 images per row, 2+4 crops at 64/32 px",
+             f"{'/'.join(map(str, steps))} steps x 64 images per row, 2+4 crops at 64/32 px",
              "", "| row | teacher targets | K | teacher_temp | train s | teacher entropy | usage (frac / perplexity) "
              "| k-NN | linear |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for row in r["rows"].values():

@@ -26,8 +26,8 @@ def ray_session():
 
 
 def test_fit_prototypes_verb_then_train_reuses_the_head(small_folder, tmp_path, ray_session, capsys):
-    # A timm *classifier* used as a headless backbone: the fitted prototypes replace its 10 class logits.
-    ckpt = write_timm_classifier(tmp_path / "cls.pth", "test_resnet", 10)
+    # A timm *classifier* used as a headless backbone: the fitted prototypes replace its 1000 class logits.
+    ckpt = write_timm_classifier(tmp_path / "cls.pth", "test_resnet", 1000)
     args = [*tiny_overrides(small_folder, tmp_path / "runs", "proto"), "teacher.kind=timm", "teacher.arch=test_resnet",
             f"teacher.checkpoint={ckpt}", "teacher.prototypes.fit.k=5", "teacher.prototypes.fit.images=30",
             "teacher.prototypes.fit.iterations=4", "teacher.prototypes.fit.batch_size=8", "optim.max_steps=2",
@@ -47,4 +47,5 @@ def test_fit_prototypes_verb_then_train_reuses_the_head(small_folder, tmp_path, 
     state = load_state(ckpt_dir)
     assert state["step"] == 2 and state["student"]["head.last_layer.parametrizations.weight.original1"].shape[0] == 5
     assert Path(state["config"]["teacher"]["prototypes"]["head"]) == heads[0]
-    assert state["config"]["method"]["teacher_temp"] == meta["recommended_teacher_temp"]
+    # demo.yaml (the default --config) sets method.teacher_temp: 1.0 itself, and a set temperature is never replaced
+    assert state["config"]["method"]["teacher_temp"] == 1.0 != meta["recommended_teacher_temp"]
