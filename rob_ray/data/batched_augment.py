@@ -4,8 +4,11 @@ The per-image reference is `MultiCropAugment` (DINO's DataAugmentationDINO, Caro
 random resized crop -> flip -> colour jitter (random op order) -> grayscale -> Gaussian blur ->
 solarize. Here every view of every image of a batch is made at once:
 
-- all random draws for a step happen on the CPU from one seeded `torch.Generator` (a few
-  thousand numbers), so CPU and GPU runs of the same seed use the very same crops and factors;
+- all random draws are made on the host before any pixel work: in the training loop they come
+  with the batch (`params_from_draws`: the Ray Data actors draw them per image with the per-image
+  policy's generator and order, so both crop placements use the same draws); benchmarks draw a
+  step's at once from one seeded `torch.Generator` (`sample_params`, `step_generator`). Either way
+  CPU and GPU runs of the same seed use the very same crops and factors;
 - crop + resize + flip is linear and separable: out = Wy @ image @ Wx^T, with antialiased
   bicubic (PIL/torchvision `antialias=True`, a = -0.5) rows that only cover the crop box, so a
   padded batch never reads outside an image's own pixels and downscaling is filtered;
@@ -17,8 +20,10 @@ Values live in [0, 1] between ops (torchvision's float convention); the output i
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,8 +39,10 @@ __all__ = [
     "crop_resize",
     "gaussian_blur",
     "grayscale",
+    "params_from_draws",
     "sample_boxes",
     "sample_params",
+    "step_generator",
 ]
 
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -130,6 +137,21 @@ def sample_params(policy: CropPolicy, sizes: torch.Tensor, generator: torch.Gene
     sigma = uniform(*p.blur_sigma)
     solarize = rand(v, b) < torch.tensor(p.solarize_prob)[kinds].view(v, 1)
     return AugmentParams(boxes, flip, jitter, factors, order, gray, blur, sigma, solarize)
+
+
+def params_from_draws(draws: np.ndarray | torch.Tensor) -> AugmentParams:
+    """(B, V, DRAW_FIELDS) per-image draws (`rob_ray.data.multicrop.draw_views`, shipped by the data
+    actors) -> the batch's view-major `AugmentParams`."""
+    d = torch.as_tensor(np.asarray(draws)).transpose(0, 1)  # (V, B, F)
+    return AugmentParams(boxes=d[..., 0:4].long(), flip=d[..., 4] > 0, jitter=d[..., 5] > 0, order=d[..., 6:10].long(),
+                         factors=d[..., 10:14].float(), gray=d[..., 14] > 0, blur=d[..., 15] > 0, sigma=d[..., 16].float(),
+                         solarize=d[..., 17] > 0)
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A CPU generator for one step's `sample_params`: a pure function of (seed, rank, step)."""
+    key = zlib.crc32(np.asarray([seed & 0xFFFFFFFF, rank, step], dtype=np.int64).tobytes())
+    return torch.Generator().manual_seed((int(seed) & 0xFFFFFFFF) * 1_000_003 + key)
 
 
 # ---------------------------------------------------------------- crop + resize
