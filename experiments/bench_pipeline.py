@@ -11,8 +11,9 @@ Rows (same machine, same run, same models from the same config):
   (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs) on ready-made views;
   plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's).
 
-The process re-executes itself once with the glibc malloc settings rob_ray gives its Ray workers
-(`QUIET_ENV` in rob_ray/train/launch.py), so the in-process rows run with the same allocator.
+The process re-executes itself once with the CPU settings rob_ray gives its Ray workers (glibc malloc,
+OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-process rows (the plain
+loop, the step alone) run with the same allocator and threading as rob_ray's worker.
 
     python experiments/bench_pipeline.py                     # the demo config (experiments/configs/demo.yaml)
     python experiments/bench_pipeline.py --smoke --out /tmp/p.json   # tiny settings, a CI test
@@ -34,9 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rob_ray.train.launch import QUIET_ENV  # noqa: E402  (imports neither torch nor Ray)
-
-MALLOC = {k: v for k, v in QUIET_ENV.items() if k.startswith("MALLOC_")}
+from rob_ray.train.launch import WORKER_CPU_ENV  # noqa: E402  (imports neither torch nor Ray)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -191,8 +190,8 @@ def rob_ray_end_to_end(cfg, windows: int, warmup_windows: int) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if any(os.environ.get(k) != v for k, v in MALLOC.items()):  # glibc reads these at start-up only
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC})
+    if any(os.environ.get(k) != v for k, v in WORKER_CPU_ENV.items()):  # read at start-up only
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_CPU_ENV})
 
     import torch
 
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"before {_rate(t_plain1, b):.1f}, after {_rate(t_plain2, b):.1f}")
     checks: dict[str, Any] = {}
     if e2e is not None:
-        r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e["img_per_s"],
+        r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),
                 f"{e2e['timed_steps']} timed steps, windows {e2e['window_rates']}", **e2e)
         checks["e2e_vs_plain_loop"] = r["img_per_s"] / plain_row["img_per_s"]
         checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]

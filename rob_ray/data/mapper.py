@@ -4,6 +4,7 @@ tests and the GPU benchmark run it directly."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -51,11 +52,15 @@ class MultiCropMapper:
     """
 
     def __init__(self, table: ImageTable | list, policy: CropPolicy, schedule: SampleSchedule, rank: int,
-                 position_offset: int = 0) -> None:
+                 position_offset: int = 0, nice: int = 0) -> None:
         if isinstance(table, list):  # an ObjectRef wrapped in a list (so Ray does not resolve it eagerly)
             import ray
 
             table = ray.get(table[0])
+        if nice:
+            # An actor beside a CPU training worker: the step's threads come first, decoding takes the
+            # gaps (it needs a few % of a core; Ray Data's queue absorbs the jitter).
+            os.nice(nice)
         self.table = table
         self.policy = policy
         self.schedule = schedule

@@ -16,18 +16,26 @@ from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_stat
 from rob_ray.train.plan import NodeShape, apply_plan, local_node, resource_plan
 from rob_ray.train.resume import check_resumable
 
-__all__ = ["QUIET_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir",
-           "plan_for", "resource_plan"]
+__all__ = ["QUIET_ENV", "WORKER_CPU_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray",
+           "latest_checkpoint_dir", "plan_for", "resource_plan"]
 
-# Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; malloc settings
-# that removed ~300k page faults per step on CPU here (shared/README.md: 1.6x on a RoB step).
+# CPU settings of every worker process: glibc malloc settings that removed ~300k page faults per
+# step here (shared/README.md: 1.6x on a RoB step), and OpenMP threads that sleep instead of spinning
+# at the end of each parallel region: a worker's torch threads share their cores with the data actors
+# and Ray's daemons, and a thread spinning while its partner waits for a core stalled a 2-thread step
+# up to 7x on a busy 2-core machine (libgomp's default spins ~300k iterations first).
+WORKER_CPU_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "34359738368",
+    "MALLOC_TRIM_THRESHOLD_": "34359738368",
+    "MALLOC_TOP_PAD_": "1073741824",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+# Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; the CPU settings above.
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "MALLOC_MMAP_THRESHOLD_": "34359738368",
-    "MALLOC_TRIM_THRESHOLD_": "34359738368",
-    "MALLOC_TOP_PAD_": "1073741824",
+    **WORKER_CPU_ENV,
 }
 
 
