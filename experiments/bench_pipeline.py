@@ -9,13 +9,15 @@ Rows (same machine, same run, same models from the same config):
       teacher / student / DINO loss / clipping / AdamW, every core as torch threads, end to end
       from the files. Measured before and after (1): the table shows their mean (and both);
   (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs) on ready-made views;
-  plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's).
+  plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's), one
+  data actor's per-image rate for the other placement, and with `--other-placement` (1) again with
+  the other `augment.crops_on` (the measured reason for the default).
 
 The process re-executes itself once with the CPU settings rob_ray gives its Ray workers (glibc malloc,
 OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-process rows (the plain
 loop, the step alone) run with the same allocator and threading as rob_ray's worker.
 
-    python experiments/bench_pipeline.py                     # the demo config (experiments/configs/demo.yaml)
+    python experiments/bench_pipeline.py --other-placement   # the demo config (experiments/configs/demo.yaml)
     python experiments/bench_pipeline.py --smoke --out /tmp/p.json   # tiny settings, a CI test
 """
 
@@ -48,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the in-process rows (default: the "
                     "launch plan's, i.e. what the rob_ray worker gets)")
     ap.add_argument("--no-ray", action="store_true", help="skip row (1)")
+    ap.add_argument("--other-placement", action="store_true", help="also run (1) with the other augment.crops_on")
     ap.add_argument("--smoke", action="store_true", help="tiny settings (CI)")
     ap.add_argument("--out", default=None, help="write the result JSON here")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.batch_size=32")
@@ -260,6 +263,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_step, t_aug = step_alone()
     step_row = row("rob_ray step alone (TrainStep, ready-made views)", _rate(t_step, b))
     row(f"rob_ray crops alone (ViewsBuilder, crops_on={policy.crops_on})", _rate(t_aug, b), "decoded batch in")
+    # The other placement's per-image work (what one data actor does per image, on one core).
+    from rob_ray.data.mapper import measure_decode_ms
+
+    other = "data_actors" if policy.crops_on == "worker" else "worker"
+    per_image_ms = measure_decode_ms(table, build_policy(cfg.augment.model_copy(update={"crops_on": other})), n=16)
+    row(f"one data actor, crops_on={other}: decode + crops per image", 1000 / per_image_ms, "1 core")
 
     # --- (2) the hand-written loop (before)
     def plain_loop() -> PlainLoop:
@@ -279,10 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del plain
 
     # --- (1) rob_ray end to end
-    e2e = None
+    e2e = other_e2e = None
     if not args.no_ray:
         print("[bench] rob_ray end to end (Ray Data + Ray Train)", flush=True)
         e2e = rob_ray_end_to_end(cfg, args.windows, args.warmup_windows)
+        if args.other_placement:  # the measured reason for the default placement
+            print(f"[bench] rob_ray end to end, augment.crops_on={other}", flush=True)
+            alt = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"crops_on": other})})
+            other_e2e = rob_ray_end_to_end(alt, args.windows, args.warmup_windows)
         torch.set_num_threads(threads)
 
     # --- (2) the hand-written loop (after)
@@ -297,6 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{e2e['timed_steps']} timed steps, windows {e2e['window_rates']}", **e2e)
         checks["e2e_vs_plain_loop"] = r["img_per_s"] / plain_row["img_per_s"]
         checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]
+    if other_e2e is not None:
+        row(f"rob_ray end to end, augment.crops_on={other}", other_e2e.pop("img_per_s"),
+            f"windows {other_e2e['window_rates']}", **other_e2e)
     checks["step_alone_vs_plain_loop"] = step_row["img_per_s"] / plain_row["img_per_s"]
     result["checks"] = checks
     print_table(result)

@@ -263,15 +263,14 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(dim=1)
     maxc, _ = x.max(dim=1)
     minc, _ = x.min(dim=1)
-    delta = maxc - minc
+    delta = maxc - minc  # = value x saturation, all the conversion back needs
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     hue = torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
     hue = (hue + shift.view(-1, 1, 1)) % 1.0
     # HSV -> RGB without a sector table: channel n (R 5, G 3, B 1) = v - v s clamp(min(k, 4 - k), 0, 1),
     # k = (n + 6 h) mod 6 — a few fused-friendly elementwise passes instead of an 18-plane gather.
-    h6, vs = hue * 6, maxc * sat
+    h6, vs = hue * 6, delta
     out = []
     for n in (5.0, 3.0, 1.0):
         k = (h6 + n) % 6
