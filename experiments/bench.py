@@ -4,8 +4,10 @@ Rows (all in one run, same device):
   (a) rob_ray from JPEG bytes: decode (nvJPEG on GPU, PIL threads on CPU) -> batched multi-crop
       on the device -> fast step (bf16 teacher weights + autocast, channels_last, torch.compile,
       fused AdamW on GPU);
-  (b) rob_ray's step on synthetic on-device views (its stages give the teacher-alone and
-      student-alone rates);
+  (a2) the training loop's pipeline once Ray Data has decoded: `ViewStream` copies and crops
+      step t+1 (on a CUDA side stream) while `TrainStep` computes step t;
+  (b) rob_ray's step (`rob_ray.train.step.TrainStep`, what the loop runs) on synthetic on-device
+      views (its stages give the teacher-alone and student-alone rates);
   (c) a naive plain-PyTorch step (eager fp32, per-pair log-softmax, foreach AdamW, a loss
       `.item()` per step) on the same synthetic views; its data path is the per-image torchvision
       CPU policy, measured per core and scaled to the host's cores (a bound, not a run);
@@ -33,6 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -40,18 +43,20 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rob_ray.data.batched_augment import BatchedMultiCrop
+from rob_ray.data.batched_augment import BatchedMultiCrop, step_generator
 from rob_ray.data.decode import decode_rgb
 from rob_ray.data.mapper import fit_image
-from rob_ray.data.multicrop import MultiCropAugment, sample_seed
+from rob_ray.data.multicrop import MultiCropAugment, draw_views, sample_seed
 from rob_ray.data.policy import CropPolicy
+from rob_ray.data.views import ViewsBuilder, ViewStream
 from rob_ray.losses import DinoLoss
 from rob_ray.methods import Views
 from rob_ray.methods.dino import DinoMethod
 from rob_ray.models import DINOHead, build_student
 from rob_ray.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Teacher
 from rob_ray.models.teachers.timm_teacher import create_timm_backbone
-from rob_ray.train.fast_step import StageClock, Timed, flops_per_image, mfu, step_generator
+from rob_ray.train.step import TrainStep, make_optimizer
+from rob_ray.train.timing import StageClock, flops_per_image, mfu, time_calls
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,53 +131,33 @@ def synthetic_views(policy: CropPolicy, batch: int, device: torch.device, channe
                  policy.num_global)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 # ---------------------------------------------------------------- the two steps
 
 
-def param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """The loop's groups (no decay on biases / norms); rob_ray.train.loop itself needs pydantic."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and not n.endswith(".bias")]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias"))]
-    return [{"params": decay, "weight_decay": 0.04}, {"params": rest, "weight_decay": 0.0}]
-
-
 class FastStep:
-    """rob_ray's step as the loop runs it (same pieces: Timed teacher/student, StageClock)."""
+    """rob_ray's step as the loop builds it: `rob_ray.train.step.TrainStep` (the same object the loop
+    runs: schedules, clipping, the non-finite guard, the optimiser) with the loop's choices — bf16
+    teacher weights + autocast on GPU, channels_last, torch.compile, fused AdamW — timed by the
+    loop's `StageClock` stages."""
 
     def __init__(self, teacher: Teacher, student: nn.Module, device: torch.device, compile_on: bool,
                  clock: StageClock) -> None:
         cuda = device.type == "cuda"
-        self.bf16 = cuda
         if cuda:
             teacher = teacher.to(torch.bfloat16)
         self.teacher = teacher.to(memory_format=torch.channels_last)
         self.student = student.to(memory_format=torch.channels_last)
-        self.method = DinoMethod(self.teacher, self.student, DinoLoss(teacher.num_prototypes)).to(device)
-        self.opt = torch.optim.AdamW(param_groups(self.student), lr=1e-4, fused=True if cuda else None)
+        method = DinoMethod(self.teacher, self.student, DinoLoss(teacher.num_prototypes)).to(device)
         run_t, run_s = self.teacher, self.student
         if compile_on:
             run_t, run_s = torch.compile(run_t, dynamic=False), torch.compile(run_s, dynamic=False)
-        self.clock = clock
-        self.run_teacher = Timed(run_t, clock, "teacher/forward")
-        self.run_student = Timed(run_s, clock, "student/forward_backward", stop=False)
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else None
+        self.step = TrainStep(method, self.student, make_optimizer(self.student, "adamw", fused=cuda), lr=1e-4,
+                              weight_decay=0.04, clip_grad=3.0, run_teacher=run_t, run_student=run_s, autocast=autocast,
+                              clock=clock)
 
-    def __call__(self, views: Views, step: int) -> torch.Tensor:
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else torch.autocast("cpu", enabled=False)
-        with ctx:
-            out = self.method(views, self.run_teacher, self.run_student, step)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.clock.stop("student/forward_backward")
-        self.clock.start("optimizer")
-        nn.utils.clip_grad_norm_(self.student.parameters(), 3.0)
-        self.opt.step()
-        self.clock.stop("optimizer")
-        return out.loss.detach()
+    def __call__(self, views: Views, step: int, while_computing=None) -> torch.Tensor:
+        return self.step(views, step, while_computing=while_computing).out.loss.detach()
 
 
 class NaiveStep:
@@ -207,21 +192,6 @@ class NaiveStep:
         return loss.item()
 
 
-def time_steps(fn, steps: int, warmup: int, device: torch.device, clock: StageClock | None = None
-               ) -> tuple[float, list[Any]]:
-    """Seconds per call (sync around the timed calls only), and the warm-up results. With a
-    clock, its stages are emptied after the warm-up, so it then holds the timed window only."""
-    first = [fn(i) for i in range(warmup)]
-    sync(device)
-    if clock is not None:
-        clock.collect()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        fn(warmup + i)
-    sync(device)
-    return (time.perf_counter() - t0) / steps, first
-
-
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -237,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.peak_tflops or (793.0 if cuda else None)
     b = args.batch
     policy = CropPolicy(num_global=2, num_local=args.num_local, global_size=args.global_size,
-                        local_size=args.local_size, device="gpu" if cuda else "cpu")
+                        local_size=args.local_size, crops_on="worker")
     rows: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
     cores = os.cpu_count() or 1
@@ -297,12 +267,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return [jpegs[(i * b + k) % len(jpegs)] for k in range(b)]
 
     print("[bench] decode and augmentation alone", flush=True)
-    t, _ = time_steps(lambda i: decode_cpu(batch_jpegs(i)), max(1, args.steps // 4), 1, device)
+    t, _ = time_calls(lambda i: decode_cpu(batch_jpegs(i)), max(1, args.steps // 4), 1, device)
     row("decode: PIL + fit, CPU threads", t, b, f"{cores} threads")
     decode = decode_cpu
     if cuda:
         try:
-            t, _ = time_steps(lambda i: decode_gpu(batch_jpegs(i)), args.steps, 2, device)
+            t, _ = time_calls(lambda i: decode_gpu(batch_jpegs(i)), args.steps, 2, device)
             row("decode: nvJPEG (decode_jpeg cuda)", t, b)
             decode = decode_gpu
         except (RuntimeError, TypeError) as exc:
@@ -311,10 +281,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     canvas, sizes = decode_cpu(batch_jpegs(0))
     aug = BatchedMultiCrop(policy, teacher.mean, teacher.std, channels_last=True)
     dev_canvas = canvas.to(device)
-    t, _ = time_steps(lambda i: aug(dev_canvas, sizes, step_generator(0, 0, i)), args.steps, 2, device)
+    t, _ = time_calls(lambda i: aug(dev_canvas, sizes, step_generator(0, 0, i)), args.steps, 2, device)
     row(f"augment: batched {policy.num_views} crops on {device.type}", t, b, "input uint8 on device")
     n_cpu = min(args.cpu_aug_images, b)
-    t, _ = time_steps(lambda i: BatchedMultiCrop(policy, teacher.mean, teacher.std)(canvas[:n_cpu], sizes[:n_cpu],
+    t, _ = time_calls(lambda i: BatchedMultiCrop(policy, teacher.mean, teacher.std)(canvas[:n_cpu], sizes[:n_cpu],
                                                                                      step_generator(0, 0, i)),
                       1, 0 if args.tiny else 1, torch.device("cpu"))
     row("augment: batched, CPU tensors", t, n_cpu, f"{torch.get_num_threads()} torch threads")
@@ -337,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     views = synthetic_views(policy, b, device, channels_last=False)
     print("[bench] (c) naive eager fp32 step", flush=True)
     naive = NaiveStep(naive_teacher, naive_student, device)
-    t_naive, naive_first = time_steps(lambda i: naive(views, i), max(2, args.steps // 2), 1, device)
+    t_naive, naive_first = time_calls(lambda i: naive(views, i), max(2, args.steps // 2), 1, device)
     row("(c) naive step: eager fp32, synthetic", t_naive, b)
     naive_e2e = 1.0 / max(t_naive / b, per_image / cores)
     row("(c) naive end to end (bound)", b / naive_e2e, b, "min(step, CPU aug x cores)")
@@ -353,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_c0 = time.perf_counter()
     try:
         fast = FastStep(teacher, student, device, compile_on, clock)
-        t_fast, fast_first = time_steps(lambda i: fast(views_cl, i), args.steps, args.warmup, device, clock)
+        t_fast, fast_first = time_calls(lambda i: fast(views_cl, i), args.steps, args.warmup, device, clock)
     except Exception as exc:  # one device run: report and carry on uncompiled
         if not compile_on:
             raise
@@ -363,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch._dynamo.reset()
         clock.collect()
         fast = FastStep(teacher, student, device, False, clock)
-        t_fast, fast_first = time_steps(lambda i: fast(views_cl, i), args.steps, args.warmup, device, clock)
+        t_fast, fast_first = time_calls(lambda i: fast(views_cl, i), args.steps, args.warmup, device, clock)
     checks["compile_and_warmup_s"] = time.perf_counter() - t_c0 - t_fast * args.steps
     # The first warm-up step of each ran on identical weights and inputs: bf16/compiled vs eager fp32.
     ref_loss, fast_loss = naive_first[0], float(fast_first[0])
@@ -392,12 +362,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         e2e_clock.stop("augment")
         return fast(Views(g, loc, torch.full((b,), -1, device=device), b, policy.num_global), i)
 
-    t_e2e, _ = time_steps(e2e, args.steps, 1, device, clock)
+    t_e2e, _ = time_calls(e2e, args.steps, 1, device, clock)
     per = {k: v / args.steps for k, v in clock.collect().items()}
     ra = row("(a) rob_ray end to end from JPEG bytes", t_e2e, b, f"decode via {'nvJPEG' if decode is decode_gpu else 'CPU'}",
              mfu=mfu(b / t_e2e, flops, peak))
     for k, v in per.items():
         row(f"    stage {k}", v, b)
+
+    # (a2) what the training loop runs once Ray Data has decoded: the worker's ViewStream copies and
+    # crops step t+1 (a side stream on CUDA) while step t computes. Decoded batches with their
+    # per-image draws are made ahead, as the data actors would.
+    save()
+    print("[bench] (a2) rob_ray loop pipeline: decoded batches -> crops of step t+1 overlapped -> step", flush=True)
+    host_batches = []
+    for k in range(4):
+        canvas_k, sizes_k = decode_cpu(batch_jpegs(k))
+        draws = np.stack([draw_views(sample_seed(0, k, j), h, w, policy) for j, (h, w) in enumerate(sizes_k.tolist())])
+        host_batches.append({"image": canvas_k.numpy(), "size": sizes_k.numpy(), "draws": draws,
+                             "valid": np.ones(b, dtype=bool), "label": np.full(b, -1)})
+
+    def endless():
+        i = 0
+        while True:
+            yield host_batches[i % len(host_batches)]
+            i += 1
+
+    stream = ViewStream(endless(), ViewsBuilder(policy, teacher.mean, teacher.std, device, channels_last=True),
+                        clock=clock)
+
+    def piped(i: int) -> torch.Tensor:
+        built = next(stream)
+        return fast(built.views, i, while_computing=stream.prefetch)
+
+    t_pipe, _ = time_calls(piped, args.steps, 2, device, clock)
+    per = {k: v / args.steps for k, v in clock.collect().items()}
+    rp = row("(a2) rob_ray loop pipeline, decoded batches in", t_pipe, b,
+             "crops of step t+1 on a side stream" if cuda else "crops in line (CPU)", mfu=mfu(b / t_pipe, flops, peak))
+    for k, v in per.items():
+        row(f"    stage {k}", v, b)
+    checks["pipeline_vs_step_alone"] = rp["img_per_s"] / rb["img_per_s"]
     checks["speedup_e2e_vs_naive_eager_step"] = ra["img_per_s"] / (b / t_naive)
     checks["speedup_e2e_vs_naive_e2e_bound"] = ra["img_per_s"] / naive_e2e
     checks["speedup_synthetic_vs_naive_eager_step"] = rb["img_per_s"] / (b / t_naive)
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del naive
         try:
             nc = NaiveStep(naive_teacher, naive_student, device, bf16=cuda, channels_last=True, compile_on=True)
-            t_nc, _ = time_steps(lambda i: nc(views_cl, i), args.steps, args.warmup, device)
+            t_nc, _ = time_calls(lambda i: nc(views_cl, i), args.steps, args.warmup, device)
             row("(c') naive step: bf16+channels_last+compile", t_nc, b)
             checks["speedup_e2e_vs_naive_compiled_step"] = ra["img_per_s"] / (b / t_nc)
             checks["speedup_synthetic_vs_naive_compiled_step"] = rb["img_per_s"] / (b / t_nc)

@@ -1,7 +1,8 @@
 """Per-step time of RoB-DINO / RoB-iBOT / RoB-MSN at tiny size on CPU (plain torch, no Ray).
 
-One step = the method (teacher on the globals, masks / token dropping, student on all crops, loss)
-+ backward + AdamW step, as in rob_ray.train.loop. Teachers are random weights written in the
+One step = `rob_ray.train.step.TrainStep`, what the training loop runs: the method (teacher on the
+globals, masks / token dropping, student on all crops, loss) + backward + clipping + the non-finite
+guard + AdamW. Teachers are random weights written in the
 official iBOT / MSN / DINO file layouts (no download). Prints a markdown table.
 
     PYTHONPATH=. python experiments/bench_ibot_msn_step.py [--steps 10] [--threads 2]
@@ -24,6 +25,7 @@ from rob_ray.config import TeacherConfig, load_config
 from rob_ray.methods import Views, build_method, build_models
 from rob_ray.models import build_teacher
 from rob_ray.train.loop import build_optimizer
+from rob_ray.train.step import TrainStep
 from tests.ssl_checkpoints import write_ibot_checkpoint, write_msn_checkpoint
 
 SIZES = {  # name: (student arch, global px, local px, locals, batch, student head hidden/bottleneck)
@@ -52,18 +54,14 @@ def bench(method: str, size: tuple, steps: int, root: Path) -> float:
     torch.manual_seed(0)
     teacher, student = build_models(cfg, teacher)  # the method's registry entry builds its student
     m = build_method(cfg.method, teacher, student)
-    opt = build_optimizer(cfg, student)
-    for group in opt.param_groups:
-        group["lr"] = 1e-4
+    step_fn = TrainStep(m, student, build_optimizer(cfg, student), lr=1e-4, weight_decay=cfg.optim.weight_decay,
+                        clip_grad=cfg.optim.clip_grad)
     views = Views(torch.randn(2 * batch, 3, gpx, gpx), torch.randn(n_local * batch, 3, lpx, lpx),
                   torch.zeros(batch, dtype=torch.long), batch, 2)
     times = []
     for step in range(steps + 2):  # 2 warm-up steps
         t0 = time.perf_counter()
-        out = m(views, teacher, student, step)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
+        step_fn(views, step)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[2:])
 

@@ -6,8 +6,9 @@ selectable by config gets a row; a method that cannot be built here gets a row w
 
     PYTHONPATH=$PWD python experiments/bench_objectives.py [--steps 10] [--threads 2]
 
-Measures: student forward + teacher forward + loss + backward + AdamW step + the method's
-after-step hook (EMA), on pre-normalised random crops (no data loading), median over steps.
+Measures `rob_ray.train.step.TrainStep`, what the training loop runs: student forward + teacher
+forward + loss + backward + clipping + the non-finite guard + AdamW step + the method's after-step
+hook (EMA), on pre-normalised random crops (no data loading), median over steps.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from rob_ray.config import load_config
 from rob_ray.methods import Views, build_method, build_models
 from rob_ray.train.loop import build_optimizer
+from rob_ray.train.step import TrainStep
 from tests.helpers_ckpt import write_dino_checkpoint, write_swav_checkpoint, write_timm_classifier
 
 SIZES = ["augment.global_size=64", "augment.local_size=32", "augment.num_local=4", "optim.batch_size=16"]
@@ -59,9 +61,8 @@ def time_method(name: str, tmp: Path, steps: int) -> tuple[str, str, float]:
     teacher, student = build_models(cfg)
     method = build_method(cfg.method, teacher, student)
     method.set_schedule(steps + 2, steps + 2)
-    optimizer = build_optimizer(cfg, student)
-    for group in optimizer.param_groups:
-        group["lr"] = 1e-4
+    step_fn = TrainStep(method, student, build_optimizer(cfg, student), lr=1e-4, weight_decay=cfg.optim.weight_decay,
+                        clip_grad=cfg.optim.clip_grad)
     a, b = cfg.augment, cfg.optim.batch_size
     views = Views(torch.randn(a.num_global * b, 3, a.global_size, a.global_size),
                   torch.randn(a.num_local * b, 3, a.local_size, a.local_size), torch.arange(b) % 10, b, a.num_global)
@@ -69,11 +70,7 @@ def time_method(name: str, tmp: Path, steps: int) -> tuple[str, str, float]:
     times = []
     for step in range(steps + 2):
         t0 = time.perf_counter()
-        out = method(views, teacher, student, step)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
+        step_fn(views, step)
         if step >= 2:  # the first steps allocate
             times.append(time.perf_counter() - t0)
     return cfg.student.arch, getattr(teacher, "name", type(teacher).__name__), 1000 * statistics.median(times)

@@ -1,7 +1,8 @@
 """Correctness checks of the device-side pieces, for the lent GPU (they also run on CPU tensors).
 
     python experiments/gpu_checks.py --out checks.json          # batched augmentation: CUDA vs CPU
-    python experiments/gpu_checks.py --loop --out loop.json     # the real train loop, augment.device=gpu
+    python experiments/gpu_checks.py --overlap --out o.json     # ViewStream: side-stream crops, no host sync
+    python experiments/gpu_checks.py --loop --out loop.json     # the real train loop, crops in the worker
 
 The augmentation check feeds the same images and the same seed to the CPU and the device path:
 the draws are made on the host, so both make the same crops and colour ops and only the
@@ -23,11 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rob_ray.data.batched_augment import BatchedMultiCrop
+from rob_ray.data.batched_augment import BatchedMultiCrop, step_generator
 from rob_ray.data.decode import decode_rgb
 from rob_ray.data.mapper import fit_image
 from rob_ray.data.policy import CropPolicy
-from rob_ray.train.fast_step import step_generator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def augment_checks(device: torch.device, tiny: bool) -> dict[str, Any]:
 
 
 def loop_check(device: torch.device, steps: int) -> dict[str, Any]:
-    """A few steps of the real loop (LocalContext, no Ray) with augment.device=gpu, default compile."""
+    """A few steps of the real loop (LocalContext, no Ray) with the crops made on the GPU, default compile."""
     import timm
 
     from rob_ray.config import load_config
@@ -87,8 +87,8 @@ def loop_check(device: torch.device, steps: int) -> dict[str, Any]:
         cfg = load_config(None, [
             f"data.path={data}", f"run.storage_path={tmp}", "run.name=gpu_check", "teacher.kind=timm",
             f"teacher.arch={t_arch}", f"student.arch={s_arch}", "student.head.hidden_dim=128",
-            "student.head.bottleneck_dim=64", "augment.device=gpu", "augment.global_size=64", "augment.local_size=32",
-            "augment.num_local=4", "augment.gpu_image_size=128", "scaling.use_gpu=true", "optim.batch_size=32",
+            "student.head.bottleneck_dim=64", "augment.crops_on=worker", "augment.global_size=64", "augment.local_size=32",
+            "augment.num_local=4", "augment.image_size=128", "scaling.use_gpu=true", "optim.batch_size=32",
             f"optim.max_steps={steps}", "run.log_every_steps=2", "run.peak_tflops=793", "scaling.num_workers=0",
             "data.max_images=256",
         ])
@@ -102,15 +102,105 @@ def loop_check(device: torch.device, steps: int) -> dict[str, Any]:
                          and all(k in rows[-1] for k in keys))}
 
 
+def overlap_check(device: torch.device, tiny: bool) -> dict[str, Any]:
+    """`ViewStream` on the device: the views it hands out (crops made on a side stream, ordered by an
+    event, prefetched while a stand-in step computes) equal the views built in line; preparing
+    and handing them out never waits for the device (`set_sync_debug_mode("error")` raises on a
+    sync); and the side-stream crops hide behind the step (time of both vs the step alone)."""
+    import numpy as np
+
+    from rob_ray.data import MultiCropMapper, SampleSchedule, scan_images
+    from rob_ray.data.views import ViewsBuilder, ViewStream
+    from rob_ray.train.timing import sync
+
+    policy = CropPolicy(global_size=64 if tiny else 224, local_size=32 if tiny else 96, num_local=2 if tiny else 10,
+                        image_size=128 if tiny else 256)
+    table = scan_images(REPO / "experiments" / "demo_data" / "train", max_images=256)
+    b = 8 if tiny else 64
+    host = list(MultiCropMapper(table, policy, SampleSchedule(len(table), 1, b, 1), 0).iter_local(0, 4))
+    host[1]["valid"] = np.array([False] + [True] * (b - 1))  # the unreadable-row path too
+    build = ViewsBuilder(policy, (0.5,) * 3, (0.25,) * 3, device, channels_last=True)
+    ref = [build(h) for h in host]  # in line, on the compute stream
+    sync(device)
+    out: dict[str, Any] = {"device": str(device)}
+    cuda = device.type == "cuda"
+    w = torch.randn(2048 if not tiny else 256, 2048 if not tiny else 256, device=device)
+
+    def fake_step(n: int = 30 if not tiny else 2) -> torch.Tensor:
+        x = w
+        for _ in range(n):
+            x = torch.tanh(x @ w) * 0.5
+        return x
+
+    stream = ViewStream(iter(host * 3), build)
+    got = []
+    next(stream)  # warm-up: first-use constants are made (one sync each, once)
+    sync(device)
+    errors = []
+    for k in range(len(host) * 3 - 1):
+        try:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("error")
+            built = next(stream)
+            y = fake_step()
+            stream.prefetch()
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+        except RuntimeError as exc:
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+            errors.append(str(exc).splitlines()[0])
+            break
+        got.append(((k + 1) % len(host), built, y))
+    sync(device)
+    out["host_syncs"] = errors
+    out["views_equal"] = bool(got) and all(
+        torch.equal(bv.views.globals_, ref[i].views.globals_) and torch.equal(bv.views.locals_, ref[i].views.locals_)
+        for i, bv, _ in got)
+    # Overlap: step alone vs crops in line then step vs the stream (crops of t+1 during step t).
+    import time
+
+    def timed(fn, n=6):
+        fn()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync(device)
+        return (time.perf_counter() - t0) / n
+
+    t_step = timed(fake_step)
+    t_crops = timed(lambda: build(host[0]))
+    serial = timed(lambda: (build(host[0]), fake_step()))
+    s2 = ViewStream(iter(host * 100), build)
+
+    def piped():
+        next(s2)
+        fake_step()
+        s2.prefetch()
+
+    t_piped = timed(piped)
+    out.update({"step_ms": 1000 * t_step, "crops_ms": 1000 * t_crops, "serial_ms": 1000 * serial,
+                "piped_ms": 1000 * t_piped, "hidden_frac": (serial - t_piped) / max(t_crops, 1e-9)})
+    out["pass"] = bool(out["views_equal"] and not errors)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--loop", action="store_true", help="run the train-loop check instead")
+    ap.add_argument("--overlap", action="store_true", help="run the ViewStream (side-stream crops) check instead")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--out", default="checks.json")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = loop_check(device, args.steps) if args.loop else augment_checks(device, args.tiny)
+    if args.loop:
+        result = loop_check(device, args.steps)
+    elif args.overlap:
+        result = overlap_check(device, args.tiny)
+    else:
+        result = augment_checks(device, args.tiny)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, default=str), flush=True)
     return 0 if result["pass"] else 1

@@ -63,8 +63,10 @@ class DataConfig(StrictModel):
     parquet_image_column: str = Field("image", description="Parquet column holding encoded bytes or file paths")
     parquet_label_column: str | None = None
     max_images: int | None = Field(None, gt=0, description="use only the first N images (after sorting)")
-    num_actors: int = Field(1, ge=1, description="Ray Data augmentation actors per training worker")
-    cpus_per_actor: float = Field(1.0, gt=0)
+    num_actors: int | None = Field(None, ge=1, description="Ray Data actors per training worker (default: the launch "
+                                   "plan sizes them to the decode work, see --dry-run)")
+    cpus_per_actor: float | None = Field(None, gt=0, description="default: the launch plan (a fraction of a CPU on a "
+                                         "small node)")
     actor_resources: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per augmentation actor, e.g. {data_cpu: 1} to keep "
         "decoding on the CPU-only nodes that advertise it (cluster/*.yaml)")
@@ -100,12 +102,17 @@ class AugmentConfig(StrictModel):
     blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: Range = (0.1, 2.0)
     solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
-    device: Literal["cpu", "gpu"] = Field("cpu", description="gpu: Ray Data ships decoded images, the worker crops them")
-    gpu_image_size: int = Field(256, ge=8, description="device=gpu: images are shrunk to fit this square (never enlarged)")
+    crops_on: Literal["worker", "data_actors"] = Field(
+        "worker", description="where the crops are made: worker = batched in the training worker, on its device "
+        "(CPU or GPU; Ray Data actors only read, decode and shrink); data_actors = per image in the Ray Data actors")
+    image_size: int = Field(256, ge=8, description="crops_on=worker: images are shrunk to fit this square (never "
+                            "enlarged) before they travel to the worker")
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("device" in data or "gpu_image_size" in data):
+            data = _migrate_augment_device(data)
         if isinstance(data, dict) and data.get("policy", "custom") != "custom":
             from rob_ray.presets import resolve_preset
 
@@ -171,6 +178,32 @@ class PrototypesConfig(StrictModel):
         if self.fit is None and not self.head:
             raise ValueError("needs fit: {k: ..., images: ...} (to fit prototypes) or head: <a fitted head file>")
         return self
+
+
+_DEVICE_TO_CROPS_ON = {"cpu": "data_actors", "gpu": "worker"}
+
+
+def _migrate_augment_device(data: dict[str, Any]) -> dict[str, Any]:
+    """`augment.device: cpu|gpu` (and `gpu_image_size`) before `augment.crops_on` / `image_size` existed:
+    the same placement under the new name (old run folders keep resuming), one warning line."""
+    import warnings
+
+    out = dict(data)
+    if "device" in out:
+        device = out.pop("device")
+        if device not in _DEVICE_TO_CROPS_ON:
+            raise ValueError(f"augment.device was replaced by augment.crops_on (worker | data_actors); got device={device!r}")
+        new = _DEVICE_TO_CROPS_ON[device]
+        if out.setdefault("crops_on", new) != new:
+            raise ValueError(f"augment.device={device} (old name) contradicts augment.crops_on={out['crops_on']}; "
+                             "keep only crops_on")
+        warnings.warn(f"augment.device={device} is now augment.crops_on={new}", FutureWarning, stacklevel=2)
+    if "gpu_image_size" in out:
+        size = out.pop("gpu_image_size")
+        if out.setdefault("image_size", size) != size:
+            raise ValueError("augment.gpu_image_size (old name) contradicts augment.image_size; keep only image_size")
+        warnings.warn(f"augment.gpu_image_size={size} is now augment.image_size={size}", FutureWarning, stacklevel=2)
+    return out
 
 
 class TeacherConfig(StrictModel):
@@ -369,9 +402,10 @@ class OptimConfig(StrictModel):
 class ScalingConfig(StrictModel):
     num_workers: int = Field(1, ge=0, description="training workers; 0 runs the loop in the driver process")
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0, description="default: every CPU of the worker's share of its "
+                                          "node that the data actors leave (the launch plan)")
     gpus_per_worker: float = Field(1.0, gt=0)
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per worker (default: cpus_per_worker)")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per CPU worker (default: its CPUs, rounded)")
     workers_per_node: int | None = Field(None, ge=1, description="training workers per node (e.g. 8 on 8-GPU nodes); "
                                          "checked against the cluster's nodes before the run starts")
     worker_resources: dict[str, float] = Field(default_factory=dict,
@@ -479,8 +513,6 @@ class Config(StrictModel):
         if self.teacher.prototypes is not None and self.method.name in ("feature", "dino_scratch"):
             raise ValueError(f"teacher.prototypes is set but method.name={self.method.name} uses no teacher prototypes; "
                              "remove teacher.prototypes (or use method.name=dino)")
-        if self.augment.device == "gpu" and not self.scaling.use_gpu:
-            raise ValueError("augment.device=gpu needs scaling.use_gpu=true")
         for key, res in (("data.actor_resources", self.data.actor_resources),
                          ("scaling.worker_resources", self.scaling.worker_resources)):
             if {"CPU", "GPU"} & set(res) or any(v <= 0 for v in res.values()):

@@ -72,8 +72,8 @@ def test_cross_field_local_larger_than_global():
     assert "augment.local_size (96) must not exceed augment.global_size (64)" in _err(["augment.global_size=64"])
 
 
-def test_gpu_augment_needs_gpu():
-    assert "scaling.use_gpu" in _err(["augment.device=gpu"])
+def test_old_augment_device_key_names_its_replacement():
+    assert "augment.device was replaced by augment.crops_on (worker | data_actors)" in _err(["augment.device=tpu"])
 
 
 def test_override_without_equals():

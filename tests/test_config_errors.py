@@ -66,7 +66,7 @@ VALIDATION_CASES = [
     # impossible combinations
     (["augment.global_size=64"], ["augment.local_size (96) must not exceed augment.global_size (64)"]),
     (["optim.epochs=5", "optim.warmup_epochs=10"], ["optim.warmup_epochs (10) must not exceed optim.epochs (5)"]),
-    (["augment.device=gpu"], ["augment.device=gpu needs scaling.use_gpu=true"]),
+    (["augment.device=tpu"], ["augment.device was replaced by augment.crops_on (worker | data_actors)"]),
     (["augment.num_local=0", "augment.num_global=1", "method.pairing=swapped"],
      ["method.pairing=swapped with one global and no local crop"]),
     (["debug.fail_rank=2", "scaling.num_workers=2"], ["debug.fail_rank (2) must be below the number of workers (2)"]),

@@ -199,7 +199,7 @@ def check_gpu_available(cfg) -> None:
     raise ConfigError("resource error: scaling.use_gpu=true, but this machine has no usable CUDA GPU" + build +
                       " and there is no Ray cluster to join; run on a GPU machine (check nvidia-smi and a CUDA build "
                       "of torch), join a cluster with GPU nodes (RAY_ADDRESS or scaling.ray_address), or set "
-                      "scaling.use_gpu=false" + (" and augment.device=cpu" if cfg.augment.device == "gpu" else ""))
+                      "scaling.use_gpu=false")
 
 
 def check_inputs(cfg) -> None:

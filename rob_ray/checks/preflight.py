@@ -35,7 +35,7 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     from rob_ray.data.schedule import SampleSchedule
     from rob_ray.methods import build_models
     from rob_ray.storage import is_uri
-    from rob_ray.train.launch import resource_plan
+    from rob_ray.train.launch import plan_for
     from rob_ray.train.resume import check_resumable
 
     check_inputs(cfg)  # file types, folder layouts, storage, GPU, teacher weights: no model, no Ray
@@ -70,7 +70,7 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
         raise ConfigError(f"config error: optim.batch_size = {cfg.optim.batch_size}: {exc}") from None
     steps = min(schedule.total_steps, cfg.optim.max_steps or schedule.total_steps)
     plan = {
-        **resource_plan(cfg),
+        **plan_for(cfg, table)[1],  # the launch plan on this machine, with its reasons (`why`)
         "workers": cfg.scaling.num_workers,
         "images": len(table),
         "labelled_images": int((table.labels >= 0).sum()),

@@ -4,8 +4,11 @@ The per-image reference is `MultiCropAugment` (DINO's DataAugmentationDINO, Caro
 random resized crop -> flip -> colour jitter (random op order) -> grayscale -> Gaussian blur ->
 solarize. Here every view of every image of a batch is made at once:
 
-- all random draws for a step happen on the CPU from one seeded `torch.Generator` (a few
-  thousand numbers), so CPU and GPU runs of the same seed use the very same crops and factors;
+- all random draws are made on the host before any pixel work: in the training loop they come
+  with the batch (`params_from_draws`: the Ray Data actors draw them per image with the per-image
+  policy's generator and order, so both crop placements use the same draws); benchmarks draw a
+  step's at once from one seeded `torch.Generator` (`sample_params`, `step_generator`). Either way
+  CPU and GPU runs of the same seed use the very same crops and factors;
 - crop + resize + flip is linear and separable: out = Wy @ image @ Wx^T, with antialiased
   bicubic (PIL/torchvision `antialias=True`, a = -0.5) rows that only cover the crop box, so a
   padded batch never reads outside an image's own pixels and downscaling is filtered;
@@ -17,8 +20,10 @@ Values live in [0, 1] between ops (torchvision's float convention); the output i
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,8 +39,10 @@ __all__ = [
     "crop_resize",
     "gaussian_blur",
     "grayscale",
+    "params_from_draws",
     "sample_boxes",
     "sample_params",
+    "step_generator",
 ]
 
 _GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -132,6 +139,22 @@ def sample_params(policy: CropPolicy, sizes: torch.Tensor, generator: torch.Gene
     return AugmentParams(boxes, flip, jitter, factors, order, gray, blur, sigma, solarize)
 
 
+def params_from_draws(draws: np.ndarray | torch.Tensor) -> AugmentParams:
+    """(B, V, DRAW_FIELDS) per-image draws (`rob_ray.data.multicrop.draw_views`, shipped by the data
+    actors) -> the batch's view-major `AugmentParams`."""
+    d = torch.as_tensor(np.array(draws, dtype=np.float64, copy=True) if isinstance(draws, np.ndarray)
+                        else draws).transpose(0, 1)  # (V, B, F); a copy: Ray Data's arrays are read-only
+    return AugmentParams(boxes=d[..., 0:4].long(), flip=d[..., 4] > 0, jitter=d[..., 5] > 0, order=d[..., 6:10].long(),
+                         factors=d[..., 10:14].float(), gray=d[..., 14] > 0, blur=d[..., 15] > 0, sigma=d[..., 16].float(),
+                         solarize=d[..., 17] > 0)
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """A CPU generator for one step's `sample_params`: a pure function of (seed, rank, step)."""
+    key = zlib.crc32(np.asarray([seed & 0xFFFFFFFF, rank, step], dtype=np.int64).tobytes())
+    return torch.Generator().manual_seed((int(seed) & 0xFFFFFFFF) * 1_000_003 + key)
+
+
 # ---------------------------------------------------------------- crop + resize
 
 
@@ -139,38 +162,54 @@ def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     """Keys' cubic kernel with PIL's a = -0.5 (what torchvision uses when antialias=True)."""
     x = x.abs()
     near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+    far = (((a * x - 5 * a) * x + 8 * a) * x - 4 * a) * (x < 2)
+    return torch.where(x < 1, near, far)
 
 
-def _resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int, flip: torch.Tensor | None
-                    ) -> torch.Tensor:
+def taps_for(length: torch.Tensor, out_size: int) -> int:
+    """Input pixels one output sample can reach (host side, from the boxes): the kernel spans
+    4 x max(1, length / out_size) pixels."""
+    return math.ceil(4 * max(1.0, float(length.max()) / out_size)) + 1 if length.numel() else 1
+
+
+def _resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int, flip: torch.Tensor | None,
+                    taps: int | None = None) -> torch.Tensor:
     """(N, out_size, in_size) rows mapping input pixels [start, start+length) to out_size samples.
 
     Antialiased bicubic: the kernel is widened by the downscale factor, and rows are normalised
-    over the crop's own pixels only (torchvision crops first, then resizes).
+    over the crop's own pixels only (torchvision crops first, then resizes). The kernel is evaluated
+    on the `taps` pixels around each sample only (`taps_for`; default: every pixel) and scattered
+    into the dense rows, a tenth of the work of evaluating it everywhere at usual crop sizes.
     """
     start, length = start.float().view(-1, 1, 1), length.float().view(-1, 1, 1)
-    o = torch.arange(out_size, device=start.device, dtype=torch.float32).view(1, -1, 1)
+    dev = start.device
+    o = torch.arange(out_size, device=dev, dtype=torch.float32).view(1, -1, 1)
     if flip is not None:  # a horizontal flip is the same rows in reverse order
         o = torch.where(flip.view(-1, 1, 1), out_size - 1 - o, o)
     scale = length / out_size
     support = scale.clamp_min(1.0)
-    centre = start + (o + 0.5) * scale
-    pix = torch.arange(in_size, device=start.device, dtype=torch.float32).view(1, 1, -1)
-    w = _cubic((pix + 0.5 - centre) / support)
-    w = torch.where((pix >= start) & (pix < start + length), w, torch.zeros_like(w))
-    return w / w.sum(dim=-1, keepdim=True)
+    centre = start + (o + 0.5) * scale  # (N, S, 1), in pixel-edge coordinates
+    if taps is None or taps >= in_size:
+        pix = torch.arange(in_size, device=dev, dtype=torch.float32).view(1, 1, -1)
+    else:  # the first pixel whose centre is within 2 supports of the sample, then `taps` of them
+        pix = torch.ceil(centre - 0.5 - 2 * support) + torch.arange(taps, device=dev, dtype=torch.float32)
+    w = _cubic((pix + 0.5 - centre) / support) * ((pix >= start) & (pix < start + length))
+    w = w / w.sum(dim=-1, keepdim=True)
+    if pix.shape[-1] == in_size and pix.shape[0] == 1:
+        return w
+    dense = torch.zeros(w.shape[0], out_size, in_size, device=dev, dtype=w.dtype)
+    return dense.scatter_add_(-1, pix.clamp(0, in_size - 1).long(), w)  # clamped taps carry weight 0
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int, flip: torch.Tensor | None = None,
-                compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+                compute_dtype: torch.dtype | None = None, taps: tuple[int, int] | None = None) -> torch.Tensor:
     """Crop V boxes from each of B images and resize them to out_size (antialiased bicubic).
 
     Args:
         images: (B, 3, H, W) uint8 (or float in [0, 255]); pixels outside each box are never used.
         boxes: (V, B, 4) int (top, left, h, w), on the images' device.
         flip: (V, B) bool, mirror horizontally.
+        taps: (rows, columns) kernel taps (`taps_for` of the box heights / widths); None: dense.
     Returns: (V * B, 3, S, S) float32 in [0, 1], view-major.
     """
     b, c, height, width = images.shape
@@ -179,10 +218,11 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int, flip: 
     dtype = compute_dtype or (torch.float16 if images.is_cuda else torch.float32)
     bx = boxes.transpose(0, 1).reshape(b * v, 4)  # image-major here: one batched product per image
     fl = None if flip is None else flip.transpose(0, 1).reshape(b * v)
-    wy = _resize_weights(bx[:, 0], bx[:, 2], s, height, None) / 255.0
-    wx = _resize_weights(bx[:, 1], bx[:, 3], s, width, fl)
+    ty, tx = taps if taps is not None else (None, None)
+    wy = _resize_weights(bx[:, 0], bx[:, 2], s, height, None, ty) / 255.0
+    wx = _resize_weights(bx[:, 1], bx[:, 3], s, width, fl, tx)
     wy, wx = wy.to(dtype).view(b, v * s, height), wx.to(dtype).view(b, v * s, width)
-    x = images.to(dtype).reshape(b, c * height, width)
+    x = images.to(dtype).reshape(b, c * height, width)  # a no-op when the caller converted already
     t = torch.bmm(x, wx.transpose(1, 2))  # (B, C*H, V*S): [b, c, h, v, x]
     t = t.view(b, c, height, v, s).permute(0, 3, 2, 1, 4).reshape(b * v, height, c * s)  # [bv, h, (c, x)]
     out = torch.bmm(wy.view(b * v, s, height), t)  # (B*V, S, C*S): [bv, y, c, x]
@@ -223,15 +263,14 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(dim=1)
     maxc, _ = x.max(dim=1)
     minc, _ = x.min(dim=1)
-    delta = maxc - minc
+    delta = maxc - minc  # = value x saturation, all the conversion back needs
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
     hue = torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
     hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
     hue = (hue + shift.view(-1, 1, 1)) % 1.0
     # HSV -> RGB without a sector table: channel n (R 5, G 3, B 1) = v - v s clamp(min(k, 4 - k), 0, 1),
     # k = (n + 6 h) mod 6 — a few fused-friendly elementwise passes instead of an 18-plane gather.
-    h6, vs = hue * 6, maxc * sat
+    h6, vs = hue * 6, delta
     out = []
     for n in (5.0, 3.0, 1.0):
         k = (h6 + n) % 6
@@ -295,8 +334,9 @@ class BatchedMultiCrop:
             groups.append((slice(p.num_global, p.num_views), p.local_size))
         up = _Upload()
         plans = [self._plan(params, views, size, up) for views, size in groups]
-        sent = up.send(images.device)  # one pinned host->device copy per dtype: no stream syncs
-        outs = [self._run(images, plan, sent, size) for plan, (_, size) in zip(plans, groups)]
+        sent = up.send(images.device)  # on CUDA one pinned host->device copy: no stream syncs
+        x = images.to(torch.float16 if images.is_cuda else torch.float32)  # once for every group
+        outs = [self._run(x, plan, sent, size) for plan, (_, size) in zip(plans, groups)]
         return outs[0], (outs[1] if p.num_local else None)
 
     def _plan(self, params: AugmentParams, views: slice, size: int, up: _Upload) -> dict:
@@ -306,7 +346,9 @@ class BatchedMultiCrop:
         def flat(t: torch.Tensor) -> torch.Tensor:
             return t[views].reshape(-1, *t.shape[2:])
 
-        plan: dict = {"boxes": up.add(params.boxes[views]), "flip": up.add(params.flip[views]), "jitter": []}
+        boxes = params.boxes[views]
+        plan: dict = {"boxes": up.add(boxes), "flip": up.add(params.flip[views]), "jitter": [],
+                      "taps": (taps_for(boxes[..., 2], size), taps_for(boxes[..., 3], size))}
         jitter, factors, order = flat(params.jitter), flat(params.factors), flat(params.order)
         strengths = (p.brightness, p.contrast, p.saturation, p.hue)
         for slot in range(4):  # torchvision ColorJitter: the four ops in a random order per view
@@ -329,7 +371,7 @@ class BatchedMultiCrop:
     def _run(self, images: torch.Tensor, plan: dict, sent: list[torch.Tensor], size: int) -> torch.Tensor:
         """Device side: crop/resize/flip, then each op on the views that drew it."""
         dev = images.device
-        x = crop_resize(images, sent[plan["boxes"]].long(), size, sent[plan["flip"]].bool())
+        x = crop_resize(images, sent[plan["boxes"]].long(), size, sent[plan["flip"]].bool(), taps=plan["taps"])
         for op, idx, factor in plan["jitter"]:
             d = sent[idx].long()
             x[d] = _JITTER_OPS[op](x[d], sent[factor])
@@ -349,7 +391,7 @@ class BatchedMultiCrop:
                 self._norm[dev] = (torch.tensor(self.mean).view(1, 3, 1, 1).to(dev),
                                    torch.tensor(self.std).view(1, 3, 1, 1).to(dev))
             m, s = self._norm[dev]
-            x = (x - m) / s
+            x = x.sub_(m).div_(s)  # x is this call's own tensor
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -365,6 +407,8 @@ class _Upload:
         return len(self.parts) - 1
 
     def send(self, device: torch.device) -> list[torch.Tensor]:
+        if device.type != "cuda":  # nothing to move: the parts as they are
+            return self.parts
         shapes = [t.shape for t in self.parts]
         flat = torch.cat([t.double().reshape(-1) for t in self.parts])
         if device.type == "cuda":

@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as TF
 
 from rob_ray.data.policy import CropPolicy
 
-__all__ = ["MultiCropAugment", "sample_crop_box", "sample_seed"]
+__all__ = ["DRAW_FIELDS", "MultiCropAugment", "apply_view", "draw_view", "draw_views", "sample_crop_box", "sample_seed"]
 
 
 def sample_seed(seed: int, epoch: int, image_index: int) -> np.random.Generator:
@@ -49,6 +49,77 @@ def sample_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+# One view's draws as a flat row (the worker placement ships them beside the decoded image):
+# top, left, h, w, flip, jitter, order[4], factors[4] (brightness, contrast, saturation, hue), gray, blur, sigma, solarize.
+DRAW_FIELDS = 18
+
+
+def draw_view(rng: np.random.Generator, height: int, width: int, policy: CropPolicy, v: int) -> np.ndarray:
+    """Every random choice of view `v` of one (height x width) image, in the reference's draw order.
+
+    The order of `rng` calls is the per-image policy's (box, flip, jitter [order, factors of the
+    ops with a non-zero strength], grayscale, blur [sigma], solarize), so a placement that applies
+    these draws elsewhere (batched, in the training worker) makes the views this module makes.
+    Returns a float64 row of `DRAW_FIELDS`; undrawn factors are neutral (1, 1, 1, 0), order 0..3.
+    """
+    p = policy
+    kind = p.view_kind(v)
+    scale = p.global_scale if kind < 2 else p.local_scale
+    row = np.zeros(DRAW_FIELDS, dtype=np.float64)
+    row[0:4] = sample_crop_box(rng, height, width, scale, p.ratio)
+    row[4] = rng.random() < p.flip_prob
+    row[6:10] = (0, 1, 2, 3)
+    row[10:14] = (1.0, 1.0, 1.0, 0.0)
+    if rng.random() < p.color_jitter_prob:
+        row[5] = 1.0
+        order = rng.permutation(4)
+        row[6:10] = order
+        bounds = ((max(0.0, 1 - p.brightness), 1 + p.brightness), (max(0.0, 1 - p.contrast), 1 + p.contrast),
+                  (max(0.0, 1 - p.saturation), 1 + p.saturation), (-p.hue, p.hue))
+        strengths = (p.brightness, p.contrast, p.saturation, p.hue)
+        for op in order:
+            if strengths[op] > 0:
+                row[10 + op] = float(rng.uniform(*bounds[op]))
+    row[14] = rng.random() < p.grayscale_prob
+    if rng.random() < p.blur_prob[kind]:
+        row[15] = 1.0
+        row[16] = float(rng.uniform(*p.blur_sigma))
+    row[17] = rng.random() < p.solarize_prob[kind]
+    return row
+
+
+def draw_views(rng: np.random.Generator, height: int, width: int, policy: CropPolicy) -> np.ndarray:
+    """(V, DRAW_FIELDS) draws of all views of one image (what `MultiCropAugment` consumes, in order)."""
+    return np.stack([draw_view(rng, height, width, policy, v) for v in range(policy.num_views)])
+
+
+def apply_view(img: torch.Tensor, row: np.ndarray, policy: CropPolicy, v: int) -> torch.Tensor:
+    """The per-image reference ops (torchvision, uint8) for one view's draws."""
+    p = policy
+    kind = p.view_kind(v)
+    size = p.global_size if kind < 2 else p.local_size
+    top, left, h, w = (int(x) for x in row[0:4])
+    # DINO resizes with bicubic; antialias matters when a large crop shrinks to 96 px.
+    out = TF.resized_crop(img, top, left, h, w, [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    if row[4]:
+        out = TF.horizontal_flip(out)
+    if row[5]:  # torchvision ColorJitter: the four ops in a random order, each with a uniform factor
+        strengths = (p.brightness, p.contrast, p.saturation, p.hue)
+        ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        for op in row[6:10].astype(np.int64):
+            if strengths[op] > 0:
+                out = ops[op](out, float(row[10 + op]))
+    if row[14]:
+        out = TF.rgb_to_grayscale(out, num_output_channels=3)
+    if row[15]:
+        sigma = float(row[16])
+        k = min(2 * math.ceil(3 * sigma) + 1, 2 * (size // 2) - 1)
+        out = TF.gaussian_blur(out, [k, k], [sigma, sigma])
+    if row[17]:
+        out = TF.solarize(out, 128)
+    return out
+
+
 class MultiCropAugment:
     """Turns one RGB uint8 image into `policy.num_global` + `policy.num_local` uint8 views.
 
@@ -56,56 +127,30 @@ class MultiCropAugment:
         policy: the crop policy (sizes, scales, colour-op strengths and probabilities).
 
     Call with an (H, W, 3) uint8 array and a seeded generator; returns
-    (globals (G, 3, Sg, Sg) uint8, locals (L, 3, Sl, Sl) uint8).
+    (globals (G, 3, Sg, Sg) uint8, locals (L, 3, Sl, Sl) uint8). `apply(img, draws)` makes the
+    views from given draws (`draw_views`).
     """
 
     def __init__(self, policy: CropPolicy) -> None:
         self.policy = policy
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.policy
+        # Draw and apply view by view: the same generator calls, in the same order, as ever.
         img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
-        views = [self._view(img, rng, v) for v in range(p.num_views)]
+        h, w = img.shape[1:]
+        return self._stack([apply_view(img, draw_view(rng, h, w, self.policy, v), self.policy, v)
+                            for v in range(self.policy.num_views)])
+
+    def apply(self, image: np.ndarray, draws: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of an (H, W, 3) uint8 image from its (V, DRAW_FIELDS) draws."""
+        img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        return self._stack([apply_view(img, draws[v], self.policy, v) for v in range(self.policy.num_views)])
+
+    def _stack(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.policy
         g = torch.stack(views[: p.num_global])
         if p.num_local:
             loc = torch.stack(views[p.num_global:])
         else:
             loc = torch.zeros((0, 3, p.local_size, p.local_size), dtype=torch.uint8)
         return g, loc
-
-    def _view(self, img: torch.Tensor, rng: np.random.Generator, v: int) -> torch.Tensor:
-        p = self.policy
-        kind = p.view_kind(v)
-        size = p.global_size if kind < 2 else p.local_size
-        scale = p.global_scale if kind < 2 else p.local_scale
-        top, left, h, w = sample_crop_box(rng, img.shape[1], img.shape[2], scale, p.ratio)
-        # DINO resizes with bicubic; antialias matters when a large crop shrinks to 96 px.
-        out = TF.resized_crop(img, top, left, h, w, [size, size],
-                              interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        if rng.random() < p.flip_prob:
-            out = TF.horizontal_flip(out)
-        if rng.random() < p.color_jitter_prob:
-            out = self._color_jitter(out, rng)
-        if rng.random() < p.grayscale_prob:
-            out = TF.rgb_to_grayscale(out, num_output_channels=3)
-        if rng.random() < p.blur_prob[kind]:
-            sigma = float(rng.uniform(*p.blur_sigma))
-            k = min(2 * math.ceil(3 * sigma) + 1, 2 * (size // 2) - 1)
-            out = TF.gaussian_blur(out, [k, k], [sigma, sigma])
-        if rng.random() < p.solarize_prob[kind]:
-            out = TF.solarize(out, 128)
-        return out
-
-    def _color_jitter(self, img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        # torchvision ColorJitter: the four ops in a random order, each with a uniform factor.
-        p = self.policy
-        for op in rng.permutation(4):
-            if op == 0 and p.brightness > 0:
-                img = TF.adjust_brightness(img, float(rng.uniform(max(0.0, 1 - p.brightness), 1 + p.brightness)))
-            elif op == 1 and p.contrast > 0:
-                img = TF.adjust_contrast(img, float(rng.uniform(max(0.0, 1 - p.contrast), 1 + p.contrast)))
-            elif op == 2 and p.saturation > 0:
-                img = TF.adjust_saturation(img, float(rng.uniform(max(0.0, 1 - p.saturation), 1 + p.saturation)))
-            elif op == 3 and p.hue > 0:
-                img = TF.adjust_hue(img, float(rng.uniform(-p.hue, p.hue)))
-        return img

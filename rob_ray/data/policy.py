@@ -35,10 +35,11 @@ class CropPolicy:
     blur_prob: tuple[float, float, float] = (1.0, 0.1, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
-    # Where the crops are made: "cpu" = Ray Data ships uint8 views; "gpu" = Ray Data ships decoded
-    # images (longer side at most `gpu_image_size`) and the training worker crops them in batches.
-    device: str = "cpu"
-    gpu_image_size: int = 256
+    # Where the crops are made: "worker" = Ray Data actors read, decode and shrink each image (longer
+    # side at most `image_size`) and draw its views' random choices; the training worker crops the
+    # batch at once on its own device (CPU or GPU). "data_actors" = the actors make uint8 views per image.
+    crops_on: str = "worker"
+    image_size: int = 256
 
     @property
     def num_views(self) -> int:

@@ -59,11 +59,13 @@ def ray_batches(
     cpus_per_actor: float = 1.0,
     prefetch_batches: int = 2,
     actor_resources: dict[str, float] | None = None,
+    actor_nice: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Stream batches for steps [start_step, end_step) of `rank` through Ray Data actors.
 
     `actor_resources` (e.g. `{"data_cpu": 1}`) pins the augmentation actors to nodes that
-    advertise that custom resource: the CPU-only data nodes of `cluster/*.yaml`.
+    advertise that custom resource: the CPU-only data nodes of `cluster/*.yaml`. `actor_nice`
+    lowers the actors' CPU priority (a CPU training worker on the same cores comes first).
     """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # batch composition must not depend on actor timing
@@ -73,7 +75,8 @@ def ray_batches(
     ds = ray.data.read_datasource(SamplePositions(start_step * b, end_step * b, b), num_cpus=0, concurrency=1)
     ds = ds.map_batches(
         MultiCropMapper,
-        fn_constructor_kwargs={"table": [table_ref], "policy": policy, "schedule": schedule, "rank": rank},
+        fn_constructor_kwargs={"table": [table_ref], "policy": policy, "schedule": schedule, "rank": rank,
+                               "nice": actor_nice},
         batch_size=min(b, 32),
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor,

@@ -95,7 +95,8 @@ class LocalContext(TrainContext):
         if self.use_ray_data:
             from rob_ray.data.stream import ray_batches
 
-            return ray_batches(self.table_ref, policy, schedule, self.rank, start_step, end_step, **self.data_opts)
+            return ray_batches(self.table_ref, policy, schedule, self.rank, start_step, end_step,
+                               actor_nice=_actor_nice(self.device, self.data_opts), **self.data_opts)
         return MultiCropMapper(self.table, policy, schedule, self.rank).iter_local(start_step, end_step)
 
     def load_latest(self) -> dict[str, Any] | None:
@@ -141,7 +142,8 @@ class RayTrainContext(TrainContext):
     def batches(self, policy, schedule, start_step, end_step):
         from rob_ray.data.stream import ray_batches
 
-        return ray_batches(self.table_ref, policy, schedule, self.rank, start_step, end_step, **self.data_opts)
+        return ray_batches(self.table_ref, policy, schedule, self.rank, start_step, end_step,
+                           actor_nice=_actor_nice(self.device, self.data_opts), **self.data_opts)
 
     def load_latest(self) -> dict[str, Any] | None:
         import ray.train
@@ -221,6 +223,14 @@ class RayTrainContext(TrainContext):
             self.storage.close()
         else:  # other ranks write nothing there (a plain path's run folder is never removed)
             self.storage.discard_staging()
+
+
+def _actor_nice(device: torch.device, data_opts: dict[str, Any]) -> int:
+    """Data actors beside a CPU training worker run at a lower priority: the step's torch threads
+    share those cores, and an actor that takes one mid-step stalls every parallel region of the
+    step; decoding needs a few % of a core and Ray Data's queue absorbs the delay. Actors on their
+    own data nodes (`actor_resources`) or beside a GPU worker keep the normal priority."""
+    return 10 if device.type == "cpu" and not data_opts.get("actor_resources") else 0
 
 
 def _quiet_report_logs() -> None:

@@ -13,20 +13,29 @@ from rob_ray.config import Config, ConfigError, config_to_dict, save_config
 from rob_ray.data.sources import ImageTable, scan_images
 from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_state, verify_checkpoint
+from rob_ray.train.plan import NodeShape, apply_plan, local_node, resource_plan
 from rob_ray.train.resume import check_resumable
 
-__all__ = ["QUIET_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray", "latest_checkpoint_dir",
-           "resource_plan"]
+__all__ = ["QUIET_ENV", "WORKER_CPU_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray",
+           "latest_checkpoint_dir", "plan_for", "resource_plan"]
 
-# Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; malloc settings
-# that removed ~300k page faults per step on CPU here (shared/README.md: 1.6x on a RoB step).
+# CPU settings of every worker process: glibc malloc settings that removed ~300k page faults per
+# step here (shared/README.md: 1.6x on a RoB step), and OpenMP threads that sleep instead of spinning
+# at the end of each parallel region: a worker's torch threads share their cores with the data actors
+# and Ray's daemons, and a thread spinning while its partner waits for a core stalled a 2-thread step
+# up to 7x on a busy 2-core machine (libgomp's default spins ~300k iterations first).
+WORKER_CPU_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "34359738368",
+    "MALLOC_TRIM_THRESHOLD_": "34359738368",
+    "MALLOC_TOP_PAD_": "1073741824",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+# Quiet, fast workers: no usage stats, no duplicated prints, no progress bars; the CPU settings above.
 QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-    "MALLOC_MMAP_THRESHOLD_": "34359738368",
-    "MALLOC_TRIM_THRESHOLD_": "34359738368",
-    "MALLOC_TOP_PAD_": "1073741824",
+    **WORKER_CPU_ENV,
 }
 
 
@@ -46,24 +55,6 @@ class FitResult:
         return path
 
 
-def resource_plan(cfg: Config) -> dict[str, float]:
-    """CPUs/GPUs the run asks Ray for: training workers plus their Ray Data actors; custom
-    resources (`data.actor_resources`, `scaling.worker_resources`) as `resource/<name>`;
-    `nodes` when `scaling.workers_per_node` is set."""
-    workers = max(cfg.scaling.num_workers, 1)
-    train_cpu = cfg.scaling.cpus_per_worker * cfg.scaling.num_workers
-    data_cpu = workers * cfg.data.num_actors * cfg.data.cpus_per_actor
-    gpus = cfg.scaling.gpus_per_worker * cfg.scaling.num_workers if cfg.scaling.use_gpu else 0.0
-    plan = {"train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus}
-    for name, per_actor in cfg.data.actor_resources.items():
-        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + workers * cfg.data.num_actors * per_actor
-    for name, per_worker in cfg.scaling.worker_resources.items():
-        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + cfg.scaling.num_workers * per_worker
-    if cfg.scaling.workers_per_node:
-        plan["nodes"] = float(-(-workers // cfg.scaling.workers_per_node))
-    return plan
-
-
 def cluster_shortfalls(cfg: Config, totals: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
     """What the cluster lacks for `cfg` (empty when it fits). `totals`: `ray.cluster_resources()`;
     `nodes`: each alive node's total resources. Pure function: no Ray needed."""
@@ -78,7 +69,7 @@ def cluster_shortfalls(cfg: Config, totals: dict[str, float], nodes: list[dict[s
                          f"resources: {{{name}: N}})")
     if cfg.scaling.workers_per_node:
         k = cfg.scaling.workers_per_node
-        per_node = {"CPU": k * cfg.scaling.cpus_per_worker, **{n: k * v for n, v in cfg.scaling.worker_resources.items()}}
+        per_node = {"CPU": k * plan["cpus_per_worker"], **{n: k * v for n, v in cfg.scaling.worker_resources.items()}}
         if cfg.scaling.use_gpu:
             per_node["GPU"] = k * cfg.scaling.gpus_per_worker
         fitting = sum(all(node.get(n, 0.0) + 1e-6 >= v for n, v in per_node.items()) for node in nodes)
@@ -221,6 +212,37 @@ def plan_gpus_short(short: list[str]) -> bool:
     return any(" GPU (cluster has" in line for line in short)
 
 
+def plan_for(cfg: Config, table: ImageTable | None, node: NodeShape | None = None) -> tuple[Config, dict[str, Any]]:
+    """The launch plan for `cfg` on `node` (default: this machine), with the data actors' per-image
+    cost measured on a few images of `table`; and `cfg` with the plan's numbers filled in."""
+    from rob_ray.data.mapper import measure_decode_ms
+    from rob_ray.data.policy import build_policy
+
+    decode_ms, source = None, None
+    if table is not None and len(table):
+        decode_ms = measure_decode_ms(table, build_policy(cfg.augment))
+        source = f"measured on {min(8, len(table))} images of the data" if decode_ms is not None else None
+    plan = resource_plan(cfg, node, decode_ms, source)
+    return apply_plan(cfg, plan), plan
+
+
+def _ray_node_shape(cfg: Config) -> NodeShape:
+    """The node a training worker lands on: the largest GPU node for GPU runs, else the largest node
+    (logical CPUs as Ray schedules them; on a Ray started here, this machine's cores bound the threads)."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if cfg.scaling.use_gpu and any(n.get("GPU") for n in nodes):
+        nodes = [n for n in nodes if n.get("GPU")]
+    if not nodes:
+        return local_node()
+    best = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+    here = local_node()
+    one_node = len(nodes) == 1
+    return NodeShape(best.get("CPU", 1.0), best.get("GPU", 0.0), "this machine's Ray" if one_node else "largest Ray node",
+                     cores=min(here.cpus, best.get("CPU", 1.0)) if one_node else None)
+
+
 def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:
     """Newest intact checkpoint of a run, from Ray Train (`checkpoint_step_*`) or local (`checkpoints/step_*`)."""
     for p in reversed(checkpoint_dirs(run_dir)):
@@ -265,6 +287,11 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
     save_config(cfg, run_dir / "config.yaml")
     storage.push()
     init_ray(cfg)
+    # A sweep's trials keep the unmeasured plan its concurrency was computed with (tune/sweep.py).
+    cfg, plan = plan_for(cfg, table, _ray_node_shape(cfg)) if not callbacks else plan_for(cfg, None)
+    print(f"[rob_ray] plan: {plan['data_actors_per_worker']} data actor(s) x {plan['cpus_per_actor']:g} CPU and "
+          f"{plan['cpus_per_worker']:g} CPUs / {plan['torch_threads']} torch threads per training worker "
+          "(--dry-run says why)", flush=True)
     _check_cluster_fits(cfg)
     table_ref = ray.put(table)
     if cfg.scaling.num_workers == 0:

@@ -1,8 +1,11 @@
 """The RoB training loop, run by every worker (Ray Train) or in-process (LocalContext).
 
-Per step: uint8 views -> device -> normalise with the *teacher's* statistics -> the method
-(`rob_ray.methods`: frozen teacher on the global views, student on all views, the loss; bf16
-autocast on GPU) -> AdamW step with per-step LR / weight-decay schedules. Everything needed to continue lives in the checkpoint.
+Set-up from the config (models, method, optimiser, schedules, resume), then per step: the next
+`BuiltViews` (`rob_ray.data.views`: crops made in this worker — batched, on its device — or
+uint8 views from the data actors, normalised with the *teacher's* statistics; step t+1's are
+prepared while step t computes) -> `TrainStep` (`rob_ray.train.step`: the method, backward,
+clipping, the non-finite guard, AdamW with per-step LR / weight-decay schedules) -> metrics and
+checkpoints. Everything needed to continue lives in the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,66 +22,43 @@ from rob_ray.checks.memory import uses_bf16
 from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
+from rob_ray.data.views import ViewsBuilder, ViewStream
 from rob_ray.eval.online import EpochEvaluator
-from rob_ray.methods import Views, build_method, build_models, needs_pretrained_teacher
+from rob_ray.methods import build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
-from rob_ray.train.fast_step import (
-    DevicePrefetcher,
-    GpuViews,
-    StageClock,
-    Timed,
-    allreduce_timing_hook,
-    flops_per_image,
-    host_tensor,
-    mfu,
-)
 from rob_ray.train.faults import FaultInjector, NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
 from rob_ray.train.rank_state import gather_rank_state, restore_rank_state
 from rob_ray.train.schedules import cosine_schedule
+from rob_ray.train.step import TrainStep, make_optimizer, param_groups
+from rob_ray.train.timing import StageClock, allreduce_timing_hook, flops_per_image, mfu
 
-__all__ = ["build_optimizer", "param_groups", "train_loop"]
-
-
-def param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Biases and norm parameters get no weight decay (DINO utils.get_params_groups)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "regularized": True}, {"params": no_decay, "regularized": False, "weight_decay": 0.0}]
+__all__ = ["build_optimizer", "param_groups", "train_loop", "worker_threads"]
 
 
 def build_optimizer(cfg: Config, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-    groups = param_groups(model)
-    if cfg.optim.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum)
-    return torch.optim.AdamW(groups, lr=0.0, fused=fused or None)
+    return make_optimizer(model, cfg.optim.optimizer, momentum=cfg.optim.momentum, fused=fused)
 
 
-def _normaliser(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+def worker_threads(cfg: Config) -> int:
+    """Torch intra-op threads of a CPU training worker: `scaling.torch_threads`, else its CPUs
+    rounded; the launch plan fills both in (`rob_ray.train.plan`), and plans here when unset."""
+    if cfg.scaling.torch_threads:
+        return cfg.scaling.torch_threads
+    if cfg.scaling.cpus_per_worker is not None:
+        return max(1, round(cfg.scaling.cpus_per_worker))
+    from rob_ray.train.plan import resource_plan
 
-    def normalise(views_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
-        """(B, V, 3, S, S) uint8 -> (V * B, 3, S, S) float, view-major (view 0's images first)."""
-        b, v = views_u8.shape[:2]
-        x = views_u8.transpose(0, 1).reshape(v * b, *views_u8.shape[2:]).float()
-        x = (x - m) / s
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    return normalise
+    return int(resource_plan(cfg)["torch_threads"])
 
 
 def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any]:
     """Train (or resume) until the configured number of steps; returns the final metrics."""
     device = ctx.device
     is_cuda = device.type == "cuda"
-    threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     if not is_cuda:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(worker_threads(cfg))
     torch.manual_seed(cfg.seed)  # same initial student on every rank (DDP also broadcasts it)
     use_bf16 = uses_bf16(cfg.run.precision, is_cuda)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -135,78 +114,32 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         model.register_comm_hook(None, allreduce_timing_hook(clock))
     run_teacher, run_student = teacher, model
     if cfg.run.compile if cfg.run.compile is not None else is_cuda:
-        # Static shapes (fixed batch per worker, drop_last): one graph per module, no dynamic dims.
+        # Static shapes (fixed batch per worker, drop_last, unreadable rows kept): one graph per module.
         run_teacher, run_student = torch.compile(teacher, dynamic=False), torch.compile(model, dynamic=False)
-    run_teacher = Timed(run_teacher, clock, "teacher/forward")
-    run_student = Timed(run_student, clock, "student/forward_backward", stop=False)  # closed after backward
-    gpu_views = GpuViews(policy, teacher.mean, teacher.std, device, cfg.seed, ctx.rank, channels_last) \
-        if policy.device == "gpu" else None
+    train_step = TrainStep(method, student, optimizer, lr=lr_sched, weight_decay=wd_sched, clip_grad=cfg.optim.clip_grad,
+                           run_teacher=run_teacher, run_student=run_student, autocast=autocast, guard=guard, clock=clock,
+                           loss_hook=lambda loss, i: faults.poison(loss, i + 1))
 
-    normalise = _normaliser(teacher.mean, teacher.std, device)
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     timer = StageTimer()
     epoch_eval = EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device, mean=teacher.mean,
                                 std=teacher.std, size=cfg.augment.global_size, steps_per_epoch=spe, end_step=end,
                                 channels_last=channels_last)
     g_views, metrics = policy.num_global, {}
-    window_t0, window_images, step_images = time.perf_counter(), 0, 0
-    stream = iter(ctx.batches(policy, schedule, start, end))
-    if gpu_views is not None or is_cuda:  # pinned copies of the next batch overlap this step
-        stream = DevicePrefetcher(stream, device, ("image", "label") if gpu_views is not None else ("global", "local", "label"))
+    window_t0, step_images = time.perf_counter(), 0
+    views_in = ViewStream(ctx.batches(policy, schedule, start, end),
+                          ViewsBuilder(policy, teacher.mean, teacher.std, device, channels_last), clock=clock, timer=timer)
     student.train()
     for step in range(start, end):
-        timer.start("data/wait")
-        batch = next(stream)
-        timer.stop("data/wait")
+        built = next(views_in)  # data/wait and augment stages are timed inside the stream
+        skipped += built.n_bad
         faults.before_step(step + 1)
         timer.start("step")
-        clock.start("augment")
-        if gpu_views is not None:  # augment.device=gpu: crop, colour and normalise here, batched
-            views, n_bad = gpu_views(batch, step)
-            skipped += n_bad
-            valid = np.asarray(batch["valid"])
-            weight = 0.0 if n_bad == len(valid) else 1.0  # all unreadable: keep DDP in step, learn nothing
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_sched[step])
-                if group["regularized"]:
-                    group["weight_decay"] = float(wd_sched[step])
-        else:
-            valid = torch.as_tensor(np.asarray(batch["valid"]))
-            n_bad = int((~valid).sum())
-            skipped += n_bad
-            gl = host_tensor(batch["global"]).to(device, non_blocking=True)  # a no-op once prefetched
-            lo = host_tensor(batch["local"]).to(device, non_blocking=True)
-            weight = 1.0
-            if 0 < n_bad < len(valid):
-                keep = valid.to(device)
-                gl, lo = gl[keep], lo[keep]
-            elif n_bad == len(valid):
-                weight = 0.0  # keep DDP's all-reduce in step on the other ranks, learn nothing
-            lx = normalise(lo, channels_last) if lo.shape[1] else None
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_sched[step])
-                if group["regularized"]:
-                    group["weight_decay"] = float(wd_sched[step])
-            labels = host_tensor(batch["label"])
-            if 0 < n_bad < len(valid):
-                labels = labels[valid.to(labels.device)]
-            views = Views(normalise(gl, channels_last), lx, labels.to(device), gl.shape[0], g_views)
-        clock.stop("augment")
-        guard.remember(student, method)
-        with autocast():
-            out = method(views, run_teacher, run_student, step)
-        loss = faults.poison(out.loss * weight, step + 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clock.stop("student/forward_backward")
-        clock.start("optimizer")
-        grad_norm = nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad) if cfg.optim.clip_grad else None
-        if guard.step_ok(loss, student.parameters(), grad_norm):  # same answer on every rank
-            optimizer.step()
-            method.after_optimizer_step(step)
-        clock.stop("optimizer")
+        # Step t+1's batch is fetched and its views queued while step t computes (a side stream on CUDA).
+        result = train_step(built.views, step, built.row_weight, built.loss_weight, while_computing=views_in.prefetch)
         timer.stop("step")
-        step_images += len(valid)
+        out, views = result.out, built.views
+        step_images += views.batch_size
         done = step + 1
         log_now = done % cfg.run.log_every_steps == 0 or done == end or done % spe == 0  # epoch ends: online k-NN
         epoch_end = done % spe == 0 and (done // spe) % cfg.run.checkpoint_every_epochs == 0

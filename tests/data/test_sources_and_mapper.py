@@ -55,11 +55,15 @@ def test_corrupt_and_zero_byte_files_are_skipped_and_counted(small_folder):
     good = sorted(cls.glob("*.JPEG"))[0].read_bytes()
     (cls / "truncated.jpg").write_bytes(good[: len(good) // 4])
     table = scan_images(small_folder)
-    policy = CropPolicy(global_size=32, local_size=16, num_local=2)
     schedule = SampleSchedule(len(table), world_size=1, batch_size=len(table), epochs=1)
-    batch = next(MultiCropMapper(table, policy, schedule, rank=0).iter_local(0, 1))
     bad = {i for i, p in enumerate(table.paths) if p.endswith(("zero.jpg", "corrupt.jpg", "truncated.jpg"))}
-    assert int((~batch["valid"]).sum()) == 3
-    assert {int(i) for i, ok in zip(batch["image_index"], batch["valid"]) if not ok} == bad
-    assert batch["global"].shape == (51, 2, 3, 32, 32) and batch["local"].shape == (51, 2, 3, 16, 16)
-    assert batch["global"][~batch["valid"]].max() == 0
+    for crops_on in ("data_actors", "worker"):
+        policy = CropPolicy(global_size=32, local_size=16, num_local=2, crops_on=crops_on, image_size=128)
+        batch = next(MultiCropMapper(table, policy, schedule, rank=0).iter_local(0, 1))
+        assert int((~batch["valid"]).sum()) == 3
+        assert {int(i) for i, ok in zip(batch["image_index"], batch["valid"]) if not ok} == bad
+        if crops_on == "data_actors":
+            assert batch["global"].shape == (51, 2, 3, 32, 32) and batch["local"].shape == (51, 2, 3, 16, 16)
+            assert batch["global"][~batch["valid"]].max() == 0
+        else:
+            assert batch["image"].shape == (51, 3, 128, 128) and batch["image"][~batch["valid"]].max() == 0

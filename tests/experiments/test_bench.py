@@ -23,6 +23,7 @@ def test_bench_tiny_writes_the_table_without_ray_or_pydantic(tmp_path):
     result = json.loads(out.read_text())
     rows = {r["row"].strip(): r for r in result["rows"]}
     for name in ("(a) rob_ray end to end from JPEG bytes", "(b) rob_ray step, synthetic on-device",
+                 "(a2) rob_ray loop pipeline, decoded batches in",
                  "(c) naive step: eager fp32, synthetic", "augment: torchvision per image, 1 core",
                  "teacher alone (from its stage)", "student alone (fwd+bwd+opt stages)"):
         assert rows[name]["img_per_s"] > 0, name
@@ -34,4 +35,5 @@ def test_bench_tiny_writes_the_table_without_ray_or_pydantic(tmp_path):
         assert f"stage {stage}" in stages, stage
     c = result["checks"]
     assert c["loss_match"] and c["gflops_per_image"] > 0 and result["device"] == "cpu"
+    assert c["pipeline_vs_step_alone"] > 0
     assert "| (a) rob_ray end to end from JPEG bytes |" in proc.stdout  # the printed table

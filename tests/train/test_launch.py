@@ -58,3 +58,42 @@ def test_busy_cluster_warns_before_waiting():
     assert busy_warning(cfg, {"CPU": 2.0}, nodes) is None
     msg = busy_warning(cfg, {"CPU": 0.5}, nodes)
     assert msg is not None and "2 CPU (cluster has 0.5)" in msg and "wait on each other" in msg
+
+
+def test_plan_for_a_two_core_laptop():
+    """The demo's shape: the data actor decodes a fraction of a core's worth, the step gets both cores."""
+    from rob_ray.train.plan import NodeShape, apply_plan
+
+    cfg = load_config(None, ["scaling.num_workers=1"])
+    plan = resource_plan(cfg, NodeShape(cpus=2), decode_ms=0.5)
+    assert plan["data_actors_per_worker"] == 1 and plan["cpus_per_actor"] == 0.1
+    assert plan["cpus_per_worker"] == 1.9 and plan["torch_threads"] == 2 and plan["total_cpus"] == 2.0
+    assert any("2 torch threads" in line for line in plan["why"]) and any("0.5 ms" in line for line in plan["why"])
+    resolved = apply_plan(cfg, plan)
+    assert (resolved.data.num_actors, resolved.data.cpus_per_actor) == (1, 0.1)
+    assert (resolved.scaling.cpus_per_worker, resolved.scaling.torch_threads) == (1.9, 2)
+    # Crops per image in the actors (the old placement) is real work: it gets half the cores, no more.
+    heavy = resource_plan(load_config(None, ["augment.crops_on=data_actors"]), NodeShape(cpus=2), decode_ms=20.0)
+    assert heavy["data_actors_per_worker"] == 1 and heavy["cpus_per_actor"] == 1.0 and heavy["torch_threads"] == 1
+    # In-process (num_workers=0): no Ray worker to reserve, the loop still gets the threads.
+    local = resource_plan(load_config(None, ["scaling.num_workers=0"]), NodeShape(cpus=2), decode_ms=0.5)
+    assert local["train_cpus"] == 0 and local["torch_threads"] == 2 and local["data_cpus"] == 0.1
+
+
+def test_plan_for_a_sixteen_core_one_gpu_host():
+    """A GPU consumes ~3,000 img/s: decoding 224-px JPEGs at 1.5 ms each needs 4.5 CPUs (5 actors);
+    the worker keeps the rest."""
+    from rob_ray.train.plan import NodeShape
+
+    cfg = load_config(None, ["scaling.num_workers=1", "scaling.use_gpu=true"])
+    plan = resource_plan(cfg, NodeShape(cpus=16, gpus=1), decode_ms=1.5)
+    assert plan["data_actors_per_worker"] == 5 and plan["cpus_per_actor"] == 0.9 and plan["data_cpus"] == 4.5
+    assert plan["cpus_per_worker"] == 11.5 and plan["torch_threads"] == 12 and plan["gpus"] == 1
+    assert plan["total_cpus"] == 16.0
+    # Two workers on a 2-GPU node of the same size split it; explicit settings win over the rule.
+    two = resource_plan(load_config(None, ["scaling.num_workers=2", "scaling.use_gpu=true"]), NodeShape(32, 2),
+                        decode_ms=1.5)
+    assert two["data_actors_per_worker"] == 5 and two["cpus_per_worker"] == 11.5 and two["total_cpus"] == 32.0
+    fixed = resource_plan(load_config(None, ["scaling.use_gpu=true", "data.num_actors=2", "data.cpus_per_actor=2",
+                                             "scaling.torch_threads=4"]), NodeShape(16, 1), decode_ms=1.5)
+    assert fixed["data_cpus"] == 4 and fixed["cpus_per_worker"] == 12 and fixed["torch_threads"] == 4

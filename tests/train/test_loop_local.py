@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from rob_ray.config import load_config
@@ -38,11 +39,12 @@ def test_checkpoints_and_resume_at_saved_step(small_folder, tmp_path):
     assert steps[:4] == [1, 2, 3, 4] and steps[4] == 5  # the second launch started at step 5, not 1
 
 
-def test_resumed_run_equals_uninterrupted_run(small_folder, tmp_path):
+@pytest.mark.parametrize("crops_on", ["worker", "data_actors"])
+def test_resumed_run_equals_uninterrupted_run(small_folder, tmp_path, crops_on):
     table = scan_images(small_folder)
-    base = tiny_overrides(small_folder, tmp_path, "a") + ["run.checkpoint_every_steps=3"]
+    base = tiny_overrides(small_folder, tmp_path, "a") + ["run.checkpoint_every_steps=3", f"augment.crops_on={crops_on}"]
     _, full = _run(load_config(None, base), table, tmp_path / "a")
-    base_b = tiny_overrides(small_folder, tmp_path, "b") + ["run.checkpoint_every_steps=3"]
+    base_b = tiny_overrides(small_folder, tmp_path, "b") + ["run.checkpoint_every_steps=3", f"augment.crops_on={crops_on}"]
     _run(load_config(None, [*base_b, "optim.max_steps=3"]), table, tmp_path / "b")
     _, resumed = _run(load_config(None, base_b), table, tmp_path / "b")
     a = load_state(sorted((tmp_path / "a" / "checkpoints").iterdir())[-1])["student"]
@@ -93,9 +95,14 @@ def test_cosine_schedule_shape():
 
 
 def test_policy_schedule_batch_layout(small_folder):
-    cfg = load_config(None, ["augment.global_size=32", "augment.local_size=16", "augment.num_local=3"])
+    sizes = ["augment.global_size=32", "augment.local_size=16", "augment.num_local=3"]
     table = scan_images(small_folder)
     schedule = SampleSchedule(len(table), 1, 8, 1)
+    cfg = load_config(None, [*sizes, "augment.crops_on=data_actors"])
     batch = next(MultiCropMapper(table, build_policy(cfg.augment), schedule, 0).iter_local(2, 3))
     assert batch["global"].shape == (8, 2, 3, 32, 32) and batch["local"].shape == (8, 3, 3, 16, 16)
+    assert np.array_equal(batch["image_index"], schedule.lookup(0, np.arange(16, 24))[1])
+    cfg = load_config(None, [*sizes, "augment.image_size=128"])  # crops_on=worker: decoded images + their draws
+    batch = next(MultiCropMapper(table, build_policy(cfg.augment), schedule, 0).iter_local(2, 3))
+    assert batch["image"].shape == (8, 3, 128, 128) and batch["draws"].shape == (8, 5, 18) and "global" not in batch
     assert np.array_equal(batch["image_index"], schedule.lookup(0, np.arange(16, 24))[1])

@@ -45,7 +45,7 @@ def test_concurrency_plan_and_impossible_sweep():
     cfg = load_config(None, ["scaling.cpus_per_worker=0.3", "data.cpus_per_actor=0.3"])
     assert plan_concurrency(cfg, 2, 0) == 3  # 0.61 CPU per trial
     with pytest.raises(ConfigError, match=r"one trial needs 3.01 CPUs .* the cluster has 2 CPUs"):
-        plan_concurrency(load_config(None, ["scaling.cpus_per_worker=2"]), 2, 0)
+        plan_concurrency(load_config(None, ["scaling.cpus_per_worker=2", "data.cpus_per_actor=1"]), 2, 0)
 
 
 @pytest.mark.timeout(2 * HANG_TIMEOUT_S)  # two launches of a sweep

@@ -1,5 +1,6 @@
-"""The fast-step pieces: GPU-augmentation mode of the loop (run on CPU tensors), stage accounting,
-FLOP counting against a hand count, prefetching, and bf16 / compiled losses against eager fp32."""
+"""The step and its timing: the carved-out `TrainStep` (schedules, clipping, guard, unreadable rows),
+the loop with crops made in the worker on CPU tensors, stage accounting, FLOP counting against a hand
+count, and bf16 / compiled losses against eager fp32."""
 
 from __future__ import annotations
 
@@ -21,50 +22,36 @@ from rob_ray.methods.dino import DinoMethod
 from rob_ray.models import DINOHead, Student
 from rob_ray.models.teachers import Teacher
 from rob_ray.train import LocalContext
-from rob_ray.train.fast_step import DevicePrefetcher, GpuViews, StageClock, flops_per_image, mfu, step_generator
 from rob_ray.train.loop import train_loop
+from rob_ray.train.step import TrainStep, make_optimizer, param_groups
+from rob_ray.train.timing import StageClock, flops_per_image, mfu
 from tests.conftest import tiny_overrides
 
 
-def test_mapper_ships_fitted_images_in_gpu_mode(small_folder):
+def test_mapper_ships_fitted_images_and_draws_for_the_worker(small_folder):
     table = scan_images(small_folder)
-    policy = CropPolicy(global_size=32, local_size=16, num_local=2, device="gpu", gpu_image_size=64)
+    policy = CropPolicy(global_size=32, local_size=16, num_local=2, crops_on="worker", image_size=64)
     batch = next(MultiCropMapper(table, policy, SampleSchedule(len(table), 1, 4, 1), 0).iter_local(0, 1))
     assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == np.uint8
-    assert "global" not in batch and batch["valid"].all()
-    for img, (h, w) in zip(batch["image"], batch["size"]):
+    assert batch["draws"].shape == (4, 4, 18) and "global" not in batch and batch["valid"].all()
+    for img, (h, w), d in zip(batch["image"], batch["size"], batch["draws"]):
         assert max(h, w) == 64 and img[:, h:, :].sum() == 0 and img[:, :, w:].sum() == 0
+        assert (d[:, 0] + d[:, 2] <= h).all() and (d[:, 1] + d[:, 3] <= w).all()  # boxes inside the shrunk image
     small = np.zeros((30, 50, 3), dtype=np.uint8)
     assert fit_image(small, 64).shape == (3, 30, 50)  # never enlarged
     assert fit_image(np.zeros((300, 100, 3), dtype=np.uint8), 60).shape == (3, 60, 20)
 
 
-def test_gpu_views_replace_unreadable_images_and_keep_shapes():
-    policy = CropPolicy(global_size=16, local_size=8, num_local=2)
-    gv = GpuViews(policy, (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), seed=0)
-    images = torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8)
-    batch = {"valid": np.array([True, False, True, True]), "size": np.full((4, 2), 20), "label": np.arange(4),
-             "image": images}
-    views, n_bad = gv(batch, step=3)
-    assert n_bad == 1 and views.globals_.shape == (8, 3, 16, 16) and views.locals_.shape == (8, 3, 8, 8)
-    assert views.labels.tolist() == [0, -1, 2, 3]
-    again, _ = gv(batch, step=3)
-    assert torch.equal(views.globals_, again.globals_)  # a step's views are a function of (seed, rank, step)
-    assert not torch.equal(step_generator(0, 0, 3).initial_seed() * torch.ones(1),
-                           step_generator(0, 1, 3).initial_seed() * torch.ones(1))
-
-
-def test_loop_with_gpu_augmentation_mode_on_cpu_reports_stages(small_folder, tmp_path):
+def test_loop_with_crops_in_the_worker_on_cpu_reports_stages(small_folder, tmp_path):
     table = scan_images(small_folder)
     cfg = load_config(None, tiny_overrides(small_folder, tmp_path, "g") + [
-        "augment.device=gpu", "augment.gpu_image_size=64", "scaling.use_gpu=true", "optim.max_steps=3",
-        "run.peak_tflops=1.0"])
+        "augment.crops_on=worker", "augment.image_size=64", "optim.max_steps=3", "run.peak_tflops=1.0"])
     metrics = train_loop(cfg, LocalContext(table, tmp_path / "g"), len(table))
     assert metrics["step"] == 3 and np.isfinite(metrics["loss"])
     rows = [json.loads(line) for line in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
     for key in ("time/augment", "time/teacher/forward", "time/student/forward_backward", "time/optimizer",
                 "time/data/wait", "flops_per_image", "mfu"):
-        assert key in rows[-1], key
+        assert key in rows[0], key  # step 1's window also made step 2's views (one step ahead)
     assert rows[-1]["flops_per_image"] > 0
     assert rows[-1]["mfu"] == pytest.approx(rows[-1]["img_per_s"] * rows[-1]["flops_per_image"] / 1e12)
 
@@ -96,7 +83,7 @@ def test_flops_per_image_matches_a_hand_count():
     assert mfu(1000.0, got, 1.0) == pytest.approx(1000.0 * got / 1e12) and mfu(1.0, got, None) is None
 
 
-def test_stage_clock_and_prefetcher_on_cpu():
+def test_stage_clock_on_cpu():
     clock = StageClock(torch.device("cpu"))
     clock.start("a")
     torch.ones(100).sum()
@@ -105,11 +92,6 @@ def test_stage_clock_and_prefetcher_on_cpu():
     clock.add("b", 0.5)
     out = clock.collect()
     assert out["b"] == 0.75 and out["a"] >= 0 and clock.collect() == {}
-    batches = [{"image": np.full((2, 3), i), "valid": np.ones(2, bool)} for i in range(3)]
-    got = list(DevicePrefetcher(iter(batches), torch.device("cpu"), ("image",)))
-    assert len(got) == 3
-    for i, b in enumerate(got):
-        assert isinstance(b["image"], torch.Tensor) and int(b["image"][0, 0]) == i and b["valid"] is batches[i]["valid"]
 
 
 def _tiny_setup():
@@ -153,10 +135,20 @@ def test_compiled_step_matches_eager_loss_and_grads():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_build_policy_carries_device_fields():
-    cfg = load_config(None, ["augment.device=gpu", "scaling.use_gpu=true", "augment.gpu_image_size=128"])
+def test_build_policy_carries_placement_fields_and_old_names_migrate():
+    cfg = load_config(None, ["augment.crops_on=data_actors", "augment.image_size=128"])
     p = build_policy(cfg.augment)
-    assert p.device == "gpu" and p.gpu_image_size == 128
+    assert p.crops_on == "data_actors" and p.image_size == 128
+    assert build_policy(load_config(None, []).augment).crops_on == "worker"  # the measured default, CPU and GPU
+    with pytest.warns(FutureWarning, match="augment.device=gpu is now augment.crops_on=worker"):
+        old = load_config(None, ["augment.device=gpu", "augment.gpu_image_size=96"])  # an old run's config.yaml
+    assert old.augment.crops_on == "worker" and old.augment.image_size == 96
+    with pytest.warns(FutureWarning):
+        assert load_config(None, ["augment.device=cpu"]).augment.crops_on == "data_actors"
+    from rob_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"contradicts augment\.crops_on"):
+        load_config(None, ["augment.device=cpu", "augment.crops_on=worker"])
 
 
 def test_allreduce_hook_averages_and_is_timed(tmp_path):
@@ -164,7 +156,7 @@ def test_allreduce_hook_averages_and_is_timed(tmp_path):
     one rank) and records the bucket all-reduce time."""
     import torch.distributed as dist
 
-    from rob_ray.train.fast_step import allreduce_timing_hook
+    from rob_ray.train.timing import allreduce_timing_hook
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
@@ -182,3 +174,81 @@ def test_allreduce_hook_averages_and_is_timed(tmp_path):
         assert clock.collect().get("allreduce", -1) >= 0
     finally:
         dist.destroy_process_group()
+
+
+def _linear_pair(k: int = 16, d: int = 8, seed: int = 0):
+    """Teacher and student without batch statistics (no BatchNorm): rows of a batch only meet in the loss."""
+    torch.manual_seed(seed)
+    teacher = Teacher(nn.Sequential(nn.AdaptiveAvgPool2d(4), _Flat(48, d)), nn.Linear(d, k, bias=False),
+                      num_prototypes=k, embed_dim=d)
+    student = Student(nn.Sequential(nn.AdaptiveAvgPool2d(4), _Flat(48, d)), nn.Linear(d, k))
+    return teacher, student
+
+
+def _views(crops: list[torch.Tensor], rows: list[int], g: int) -> Views:
+    """View-major Views of images `rows` from per-view crops (V, N, 3, S, S)."""
+    sel = [c[rows] for c in crops]
+    return Views(torch.cat(sel[:g]), torch.cat(sel[g:]), torch.full((len(rows),), -1), len(rows), g)
+
+
+def test_unreadable_rows_keep_the_shape_and_contribute_nothing():
+    """A 4-image batch whose second image is unreadable (its row filled with garbage, weight 0) makes
+    the same update as the 3 readable images alone."""
+    gen = torch.Generator().manual_seed(0)
+    crops = [torch.randn(4, 3, 16, 16, generator=gen) for _ in range(2)] + [torch.randn(4, 3, 8, 8, generator=gen)
+                                                                            for _ in range(3)]
+    crops_bad = [c.clone() for c in crops]
+    for c in crops_bad:
+        c[1] = 100 * torch.randn_like(c[1])  # whatever stands in for the unreadable image
+    results = []
+    for views, weight in ((_views(crops_bad, [0, 1, 2, 3], 2), torch.tensor([4 / 3, 0.0, 4 / 3, 4 / 3])),
+                          (_views(crops, [0, 2, 3], 2), None)):
+        teacher, student = _linear_pair()
+        method = DinoMethod(teacher, student, DinoLoss(16))
+        opt = torch.optim.SGD(param_groups(student), lr=0.0)
+        step = TrainStep(method, student, opt, lr=1.0)
+        res = step(views, 0, row_weight=weight)
+        assert res.applied and views.globals_.shape[0] == 2 * views.batch_size
+        results.append([p.detach().clone() for p in student.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_applies_schedules_clipping_and_the_guard():
+    teacher, student = _linear_pair()
+    method = DinoMethod(teacher, student, DinoLoss(16))
+    opt = make_optimizer(student, "adamw")
+    lr, wd = np.linspace(0.1, 0.2, 5), np.linspace(0.01, 0.05, 5)
+    clock = StageClock(torch.device("cpu"))
+    step = TrainStep(method, student, opt, lr=lr, weight_decay=wd, clip_grad=1e-3, clock=clock,
+                     loss_hook=lambda loss, i: loss * float("nan") if i == 3 else loss)
+    gen = torch.Generator().manual_seed(1)
+    views = Views(torch.randn(8, 3, 16, 16, generator=gen), None, torch.full((4,), -1), 4, 2)
+    before = [p.detach().clone() for p in student.parameters()]
+    res = step(views, 2)
+    assert res.applied and float(res.grad_norm) > 1e-3  # the norm before clipping
+    assert [g["lr"] for g in opt.param_groups] == [lr[2], lr[2]]
+    assert opt.param_groups[0]["weight_decay"] == wd[2] and opt.param_groups[1]["weight_decay"] == 0.0
+    moved = [p.detach().clone() for p in student.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(before, moved))
+    res = step(views, 3)  # a non-finite loss: skipped, weights untouched
+    assert not res.applied and step.guard.total == 1
+    assert all(torch.equal(a, b) for a, b in zip(moved, student.parameters()))
+    assert {"teacher/forward", "student/forward_backward", "optimizer"} <= set(clock.collect())
+
+
+def test_while_computing_runs_once_after_the_teacher_forward():
+    teacher, student = _linear_pair()
+    calls: list[str] = []
+
+    def run_teacher(x):
+        calls.append("teacher")
+        return teacher(x)
+
+    method = DinoMethod(teacher, student, DinoLoss(16))
+    step = TrainStep(method, student, make_optimizer(student), lr=0.1, run_teacher=run_teacher)
+    views = Views(torch.randn(8, 3, 16, 16), None, torch.full((4,), -1), 4, 2)
+    step(views, 0, while_computing=lambda: calls.append("next views"))
+    assert calls == ["teacher", "next views"]
+    step(views, 1)  # without a callback: nothing extra
+    assert calls == ["teacher", "next views", "teacher"]

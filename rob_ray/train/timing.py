@@ -1,12 +1,11 @@
-"""Pieces of the fast training step, kept out of the loop so that benchmarks use them too:
+"""Timing of the training step: per-stage device times, stage wrappers, FLOP counting and MFU.
 
 - `StageClock`: per-stage times (CUDA events on GPU, read only at logging steps; perf_counter on CPU);
 - `Timed`: wraps the teacher / student callables so their stages are timed inside a method's step;
-- `DevicePrefetcher`: pins the next host batch and copies it on a side CUDA stream while the
-  current step computes;
-- `GpuViews`: augment.device=gpu — the batch's decoded images become normalised views on the device;
+- `allreduce_timing_hook`: a DDP comm hook that times the gradient all-reduce;
 - `flops_per_image` / `mfu`: FLOPs of one training image (teacher forward on the global views,
-  student forward + backward on all views), counted once at start-up with FlopCounterMode.
+  student forward + backward on all views), counted once at start-up with FlopCounterMode;
+- `time_calls`: seconds per call of a callable after warm-up (what the benchmarks report).
 
 Plain torch: no Ray, no config import (the GPU benchmark box has neither).
 """
@@ -16,30 +15,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from rob_ray.data.batched_augment import BatchedMultiCrop
 from rob_ray.data.policy import CropPolicy
 from rob_ray.methods.base import Views
 
-__all__ = ["DevicePrefetcher", "GpuViews", "StageClock", "Timed", "allreduce_timing_hook", "flops_per_image", "host_tensor",
-           "mfu",
-           "step_generator"]
-
-
-def host_tensor(x: Any) -> torch.Tensor:
-    """A batch column as a tensor. Ray Data hands out read-only numpy views, which torch would
-    wrap with a warning: those get one cheap copy (uint8 crops, labels)."""
-    if isinstance(x, np.ndarray) and not x.flags.writeable:
-        x = np.array(x)
-    return torch.as_tensor(x)
+__all__ = ["StageClock", "Timed", "allreduce_timing_hook", "flops_per_image", "mfu", "sync", "time_calls"]
 
 
 class StageClock:
@@ -120,88 +106,6 @@ def allreduce_timing_hook(clock: StageClock, name: str = "allreduce") -> Callabl
     return hook
 
 
-class DevicePrefetcher:
-    """Wraps an iterator of host batches (dicts of numpy arrays): yields the same dicts with
-    `keys` replaced by device tensors. On CUDA the next batch is pinned and copied on a side
-    stream while the caller computes on the current one (a pageable copy would also sync the
-    stream); on CPU the tensors share the numpy memory."""
-
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]], device: torch.device, keys: tuple[str, ...]) -> None:
-        self.it, self.device, self.keys = iter(batches), torch.device(device), keys
-        self.cuda = self.device.type == "cuda"
-        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self._next: dict | None = None
-        self._done = False
-
-    def _load(self) -> dict | None:
-        try:
-            host = next(self.it)
-        except StopIteration:
-            return None
-        if not self.cuda:
-            return {**host, **{k: torch.as_tensor(np.asarray(host[k])) for k in self.keys}}
-        with torch.cuda.stream(self.stream):
-            dev = {k: torch.as_tensor(np.asarray(host[k])).pin_memory().to(self.device, non_blocking=True)
-                   for k in self.keys}
-        return {**host, **dev}
-
-    def __iter__(self) -> DevicePrefetcher:
-        return self
-
-    def __next__(self) -> dict:
-        if self._next is None and not self._done:
-            self._next = self._load()
-        current = self._next
-        if current is None:
-            self._done = True
-            raise StopIteration
-        if self.cuda:
-            torch.cuda.current_stream(self.device).wait_stream(self.stream)
-            for k in self.keys:
-                current[k].record_stream(torch.cuda.current_stream(self.device))  # the side stream must not reuse it early
-        self._next = self._load()  # starts the next copy now, overlapping this step's compute
-        return current
-
-
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The CPU generator of one step's augmentation draws: a pure function of (seed, rank, step),
-    so a resumed run makes the same views."""
-    key = zlib.crc32(np.asarray([seed & 0xFFFFFFFF, rank, step], dtype=np.int64).tobytes())
-    return torch.Generator().manual_seed((int(seed) & 0xFFFFFFFF) * 1_000_003 + key)
-
-
-class GpuViews:
-    """augment.device=gpu: a batch of decoded images (`image` (B, 3, R, R) uint8, `size` (B, 2))
-    -> the step's `Views`, cropped and normalised on the device.
-
-    Unreadable images are replaced by a readable one of the same batch, so the compiled step
-    keeps its static shapes; the count is returned so the loop reports them as skipped.
-    """
-
-    def __init__(self, policy: CropPolicy, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 seed: int, rank: int = 0, channels_last: bool = False) -> None:
-        self.augment = BatchedMultiCrop(policy, mean, std, channels_last=channels_last)
-        self.policy, self.device, self.seed, self.rank = policy, torch.device(device), seed, rank
-
-    def __call__(self, batch: dict[str, Any], step: int) -> tuple[Views, int]:
-        """`batch`: host numpy `valid` and `size`; `image` (and `label`) already on the device
-        (DevicePrefetcher) or host arrays."""
-        valid = np.asarray(batch["valid"], dtype=bool)
-        n_bad = int((~valid).sum())  # host numpy: no device sync
-        images = host_tensor(batch["image"]).to(self.device)
-        sizes = torch.as_tensor(np.asarray(batch["size"]))
-        labels = host_tensor(batch["label"])
-        if 0 < n_bad < len(valid):
-            good = np.flatnonzero(valid)
-            rows = torch.as_tensor(np.where(valid, np.arange(len(valid)), good[np.arange(len(valid)) % len(good)]))
-            images, sizes = images[rows.to(images.device)], sizes[rows]
-            labels = labels.clone()
-            labels[torch.as_tensor(~valid).to(labels.device)] = -1
-        globals_, locals_ = self.augment(images, sizes, step_generator(self.seed, self.rank, step))
-        return Views(globals_, locals_, labels.to(self.device), len(valid),
-                     self.policy.num_global), n_bad
-
-
 def flops_per_image(method: nn.Module, teacher: nn.Module, student: nn.Module, policy: CropPolicy,
                     device: torch.device, autocast: Callable = contextlib.nullcontext, batch: int = 2) -> float:
     """FLOPs of one image's training step: teacher forward on its global views + student forward
@@ -243,3 +147,24 @@ def mfu(images_per_s: float, flops_image: float, peak_tflops: float | None) -> f
     if not peak_tflops or not flops_image:
         return None
     return images_per_s * flops_image / (peak_tflops * 1e12)
+
+
+def sync(device: torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_calls(fn: Callable[[int], Any], calls: int, warmup: int, device: torch.device,
+               clock: StageClock | None = None) -> tuple[float, list[Any]]:
+    """Seconds per call of `fn(i)` over `calls` calls after `warmup` untimed ones (device synced
+    around the timed calls only), and the warm-up results. With a clock, its stages are emptied
+    after the warm-up, so it then holds the timed window only."""
+    first = [fn(i) for i in range(warmup)]
+    sync(device)
+    if clock is not None:
+        clock.collect()
+    t0 = time.perf_counter()
+    for i in range(calls):
+        fn(warmup + i)
+    sync(device)
+    return (time.perf_counter() - t0) / max(calls, 1), first

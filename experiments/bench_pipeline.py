@@ -1,0 +1,338 @@
+"""Is rob_ray as fast as the plain PyTorch loop a user could write instead? One run, one table, CPU.
+
+Rows (same machine, same run, same models from the same config):
+  (1) rob_ray end to end: the real training (`rob_ray.train.launch.fit`: Ray Data actors decode,
+      Ray Train worker crops and steps), a fixed number of steps; the rate is the run's own
+      `img_per_s` metric over the windows after the warm-up ones;
+  (2) a hand-written plain-PyTorch loop doing the same work, written below: decode the JPEGs
+      (torchvision), batched random-resized crops with `roi_align` + flip + colour jitter, the same
+      teacher / student / DINO loss / clipping / AdamW, every core as torch threads, end to end
+      from the files. Measured before and after (1): the table shows their mean (and both);
+  (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs) on ready-made views;
+  plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's), one
+  data actor's per-image rate for the other placement, and with `--other-placement` (1) again with
+  the other `augment.crops_on` (the measured reason for the default).
+
+The process re-executes itself once with the CPU settings rob_ray gives its Ray workers (glibc malloc,
+OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-process rows (the plain
+loop, the step alone) run with the same allocator and threading as rob_ray's worker.
+
+    python experiments/bench_pipeline.py --other-placement   # the demo config (experiments/configs/demo.yaml)
+    python experiments/bench_pipeline.py --smoke --out /tmp/p.json   # tiny settings, a CI test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rob_ray.train.launch import WORKER_CPU_ENV  # noqa: E402  (imports neither torch nor Ray)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "experiments" / "configs" / "demo.yaml"))
+    ap.add_argument("--windows", type=int, default=3, help="timed logging windows of the rob_ray run (after warm-up)")
+    ap.add_argument("--warmup-windows", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps of the in-process rows")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps of the in-process rows")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the in-process rows (default: the "
+                    "launch plan's, i.e. what the rob_ray worker gets)")
+    ap.add_argument("--no-ray", action="store_true", help="skip row (1)")
+    ap.add_argument("--other-placement", action="store_true", help="also run (1) with the other augment.crops_on")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings (CI)")
+    ap.add_argument("--out", default=None, help="write the result JSON here")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.batch_size=32")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.overrides = ["student.arch=test_resnet", "student.head.hidden_dim=64", "student.head.bottleneck_dim=32",
+                          "augment.global_size=32", "augment.local_size=16", "augment.num_local=2",
+                          "optim.batch_size=8", "data.max_images=64", "run.log_every_steps=2", *args.overrides]
+        args.windows, args.warmup_windows, args.steps, args.warmup = 2, 1, 2, 1
+    return args
+
+
+# ---------------------------------------------------------------- (2) the hand-written loop
+
+
+class PlainLoop:
+    """What a user writes in ~100 lines of plain PyTorch for the same work (no rob_ray code inside)."""
+
+    def __init__(self, files: list[str], teacher, student, *, batch: int, n_global: int, n_local: int, g_size: int,
+                 l_size: int, g_scale, l_scale, lr: float, weight_decay: float, t_temp: float, s_temp: float,
+                 clip: float | None, seed: int = 0) -> None:
+        import torch
+
+        self.torch = torch
+        self.files, self.batch = files, batch
+        self.views = [(g_size, g_scale)] * n_global + [(l_size, l_scale)] * n_local
+        self.n_global = n_global
+        self.teacher = teacher.eval().to(memory_format=torch.channels_last)
+        self.student = student.train().to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(teacher.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(teacher.std).view(1, 3, 1, 1)
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=lr, weight_decay=weight_decay)
+        self.t_temp, self.s_temp, self.clip = t_temp, s_temp, clip
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(files), generator=self.gen)
+
+    def load(self, i: int):
+        """Decode one batch of JPEGs (every image the same size here: the demo's 112 px)."""
+        import torchvision
+
+        torch = self.torch
+        n = len(self.files)
+        idx = [int(self.order[(i * self.batch + k) % n]) for k in range(self.batch)]
+        data = [torchvision.io.read_file(self.files[k]) for k in idx]
+        imgs = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
+        h, w = imgs[0].shape[1:]
+        imgs = [im if im.shape[1:] == (h, w) else torchvision.transforms.v2.functional.resize(im, [h, w]) for im in imgs]
+        return torch.stack(imgs)
+
+    def crops(self, images):
+        """Random resized crops (roi_align), flip, brightness / contrast / saturation jitter, normalise."""
+        from torchvision.ops import roi_align
+
+        torch, gen = self.torch, self.gen
+        b, _, h, w = images.shape
+        x = images.float() / 255
+        out = []
+        for size, (lo, hi) in self.views:
+            area = lo + (hi - lo) * torch.rand(b, generator=gen)
+            ratio = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(b, generator=gen))
+            cw = (torch.sqrt(area * ratio) * w).clamp(1, w)
+            ch = (torch.sqrt(area / ratio) * h).clamp(1, h)
+            x0 = torch.rand(b, generator=gen) * (w - cw)
+            y0 = torch.rand(b, generator=gen) * (h - ch)
+            boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)
+            v = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            flip = torch.rand(b, generator=gen) < 0.5
+            v = torch.where(flip.view(-1, 1, 1, 1), v.flip(-1), v)
+            jit = (torch.rand(b, generator=gen) < 0.8).float().view(-1, 1, 1, 1)
+            f = 1 + jit * (torch.rand(3, b, generator=gen).view(3, b, 1, 1, 1) * 0.8 - 0.4) * torch.tensor(
+                [1.0, 1.0, 0.5]).view(3, 1, 1, 1, 1)
+            v = (v * f[0]).clamp(0, 1)
+            mean = v.mean(dim=(1, 2, 3), keepdim=True)
+            v = (f[1] * v + (1 - f[1]) * mean).clamp(0, 1)
+            gray = (0.299 * v[:, :1] + 0.587 * v[:, 1:2] + 0.114 * v[:, 2:])
+            v = (f[2] * v + (1 - f[2]) * gray).clamp(0, 1)
+            out.append(((v - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+        return out
+
+    def step(self, crops) -> float:
+        torch = self.torch
+        import torch.nn.functional as F
+
+        g = self.n_global
+        with torch.no_grad():
+            t = self.teacher(torch.cat(crops[:g]))
+        s = self.student(crops)  # the student takes a list of crop batches (rob_ray's Student; same model)
+        t_probs = F.softmax(t.float() / self.t_temp, dim=-1).chunk(g)
+        s_logp = F.log_softmax(s.float() / self.s_temp, dim=-1).chunk(len(crops))
+        pairs = [(i, v) for i in range(g) for v in range(len(crops)) if v == i or v >= g]  # RoB's same-view pairs
+        loss = sum(-(t_probs[i] * s_logp[v]).sum(-1).mean() for i, v in pairs) / len(pairs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.clip)
+        self.opt.step()
+        return loss.item()
+
+    def __call__(self, i: int) -> float:
+        return self.step(self.crops(self.load(i)))
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def _rate(seconds_per_step: float, batch: int) -> float:
+    return batch / seconds_per_step
+
+
+def rob_ray_end_to_end(cfg, windows: int, warmup_windows: int) -> dict[str, Any]:
+    """The real training for (warm-up + timed) logging windows; the rate from its metrics.jsonl."""
+    import ray
+
+    from rob_ray.train.launch import fit
+
+    every = cfg.run.log_every_steps
+    steps = every * (windows + warmup_windows)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = cfg.model_copy(deep=True)
+        run.optim.max_steps = steps
+        run.run.storage_path, run.run.name = tmp, "bench_pipeline"
+        run.run.checkpoint_every_steps, run.run.checkpoint_every_epochs = 10**6, 10**6  # only the final one
+        t0 = time.perf_counter()
+        fit(run)
+        wall = time.perf_counter() - t0
+        rows = [json.loads(line) for line in (Path(tmp) / "bench_pipeline" / "metrics.jsonl").read_text().splitlines()]
+    ray.shutdown()
+    global_batch = cfg.optim.batch_size * max(cfg.scaling.num_workers, 1)
+    windows_ = [(r, r["step"] - prev["step"]) for prev, r in zip([{"step": 0}, *rows], rows)]  # (row, its steps)
+    timed = [(r, n) for r, n in windows_ if r["step"] - n >= every * warmup_windows]
+    images = sum(n * global_batch for _, n in timed)
+    seconds = sum(n * global_batch / r["img_per_s"] for r, n in timed)
+    timed_steps = sum(n for _, n in timed)
+    timed = [r for r, _ in timed]
+    return {"img_per_s": images / seconds, "steps": steps, "timed_steps": timed_steps, "wall_s": wall,
+            "window_rates": [round(r["img_per_s"], 1) for r in timed],
+            "data_wait_frac": sum(r["data_wait_frac"] for r in timed) / max(len(timed), 1),
+            "augment_s_per_step": sum(r.get("time/augment", 0.0) for r in timed) / max(timed_steps, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if any(os.environ.get(k) != v for k, v in WORKER_CPU_ENV.items()):  # read at start-up only
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_CPU_ENV})
+
+    import torch
+
+    from rob_ray.cli import _resolve_paths
+    from rob_ray.config import load_config
+    from rob_ray.data import MultiCropMapper, SampleSchedule, build_policy, scan_images
+    from rob_ray.data.views import ViewsBuilder
+    from rob_ray.methods import Views, build_method, build_models
+    from rob_ray.train.loop import build_optimizer
+    from rob_ray.train.plan import resource_plan
+    from rob_ray.train.schedules import cosine_schedule
+    from rob_ray.train.step import TrainStep
+    from rob_ray.train.timing import time_calls
+
+    cfg = _resolve_paths(load_config(args.config, args.overrides), REPO)
+    table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column, cfg.data.parquet_label_column,
+                        cfg.data.max_images)
+    plan = resource_plan(cfg)
+    threads = args.threads or int(plan["torch_threads"])
+    torch.set_num_threads(threads)
+    cpu = torch.device("cpu")
+    a, b = cfg.augment, cfg.optim.batch_size
+    policy = build_policy(cfg.augment)
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+                              "torch": torch.__version__, "torch_threads": threads, "config": args.config,
+                              "overrides": args.overrides, "batch": b, "rows": rows,
+                              "views": f"{a.num_global}x{a.global_size} + {a.num_local}x{a.local_size}"}
+
+    def row(name: str, img_per_s: float, note: str = "", **extra: Any) -> dict[str, Any]:
+        r = {"row": name, "img_per_s": img_per_s, "note": note, **extra}
+        rows.append(r)
+        print(f"  {name:<52} {img_per_s:>9.1f} img/s  {note}", flush=True)
+        return r
+
+    def models():
+        torch.manual_seed(cfg.seed)
+        return build_models(cfg)
+
+    print(f"[bench] {cfg.teacher.kind} -> {cfg.student.arch}, {result['views']}, batch {b}, {threads} torch threads, "
+          f"{len(table)} images", flush=True)
+
+    # --- (3) rob_ray's step alone, and its crops alone
+    def step_alone() -> tuple[float, float]:
+        teacher, student = models()
+        method = build_method(cfg.method, teacher, student)
+        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+        lr = cosine_schedule(cfg.optim.lr * b / 256, cfg.optim.min_lr, 10**6, 100)
+        step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
+                         clip_grad=cfg.optim.clip_grad)
+        gen = torch.Generator().manual_seed(0)
+
+        def crops(n: int, s: int) -> torch.Tensor:
+            return torch.randn(n * b, 3, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
+
+        views = Views(crops(a.num_global, a.global_size), crops(a.num_local, a.local_size) if a.num_local else None,
+                      torch.full((b,), -1), b, a.num_global)
+        student.train()
+        t_step, _ = time_calls(lambda i: step(views, i), args.steps, args.warmup, cpu)
+        mapper = MultiCropMapper(table, policy, SampleSchedule(len(table), 1, b, cfg.optim.epochs, cfg.seed), 0)
+        batches = list(mapper.iter_local(0, 4))
+        build = ViewsBuilder(policy, teacher.mean, teacher.std, cpu, cfg.run.channels_last)
+        t_aug, _ = time_calls(lambda i: build(batches[i % len(batches)]), max(4, args.steps // 3), 1, cpu)
+        return t_step, t_aug
+
+    t_step, t_aug = step_alone()
+    step_row = row("rob_ray step alone (TrainStep, ready-made views)", _rate(t_step, b))
+    row(f"rob_ray crops alone (ViewsBuilder, crops_on={policy.crops_on})", _rate(t_aug, b), "decoded batch in")
+    # The other placement's per-image work (what one data actor does per image, on one core).
+    from rob_ray.data.mapper import measure_decode_ms
+
+    other = "data_actors" if policy.crops_on == "worker" else "worker"
+    per_image_ms = measure_decode_ms(table, build_policy(cfg.augment.model_copy(update={"crops_on": other})), n=16)
+    row(f"one data actor, crops_on={other}: decode + crops per image", 1000 / per_image_ms, "1 core")
+
+    # --- (2) the hand-written loop (before)
+    def plain_loop() -> PlainLoop:
+        teacher, student = models()
+        files = [table.paths[i] for i in range(len(table))]
+        return PlainLoop(files, teacher, student, batch=b, n_global=a.num_global, n_local=a.num_local,
+                         g_size=a.global_size, l_size=a.local_size, g_scale=a.global_scale, l_scale=a.local_scale,
+                         lr=cfg.optim.lr * b / 256, weight_decay=cfg.optim.weight_decay,
+                         t_temp=getattr(cfg.method, "teacher_temp", 0.07), s_temp=getattr(cfg.method, "student_temp", 0.1),
+                         clip=cfg.optim.clip_grad)
+
+    plain = plain_loop()
+    t_plain_aug, _ = time_calls(lambda i: plain.crops(plain.load(i)), max(4, args.steps // 3), 1, cpu)
+    row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
+    t_plain1, _ = time_calls(plain, args.steps, args.warmup, cpu)
+    print(f"  (plain loop end to end, before: {_rate(t_plain1, b):.1f} img/s)", flush=True)
+    del plain
+
+    # --- (1) rob_ray end to end
+    e2e = other_e2e = None
+    if not args.no_ray:
+        print("[bench] rob_ray end to end (Ray Data + Ray Train)", flush=True)
+        e2e = rob_ray_end_to_end(cfg, args.windows, args.warmup_windows)
+        if args.other_placement:  # the measured reason for the default placement
+            print(f"[bench] rob_ray end to end, augment.crops_on={other}", flush=True)
+            alt = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"crops_on": other})})
+            other_e2e = rob_ray_end_to_end(alt, args.windows, args.warmup_windows)
+        torch.set_num_threads(threads)
+
+    # --- (2) the hand-written loop (after)
+    plain = plain_loop()
+    t_plain2, _ = time_calls(plain, args.steps, args.warmup, cpu)
+    plain_rate = (_rate(t_plain1, b) + _rate(t_plain2, b)) / 2
+    plain_row = row("plain PyTorch loop, end to end (hand-written)", plain_rate,
+                    f"before {_rate(t_plain1, b):.1f}, after {_rate(t_plain2, b):.1f}")
+    checks: dict[str, Any] = {}
+    if e2e is not None:
+        r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),
+                f"{e2e['timed_steps']} timed steps, windows {e2e['window_rates']}", **e2e)
+        checks["e2e_vs_plain_loop"] = r["img_per_s"] / plain_row["img_per_s"]
+        checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]
+    if other_e2e is not None:
+        row(f"rob_ray end to end, augment.crops_on={other}", other_e2e.pop("img_per_s"),
+            f"windows {other_e2e['window_rates']}", **other_e2e)
+    checks["step_alone_vs_plain_loop"] = step_row["img_per_s"] / plain_row["img_per_s"]
+    result["checks"] = checks
+    print_table(result)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    rows = {r["row"]: r for r in result["rows"]}
+    plain = next(r for r in result["rows"] if r["row"].startswith("plain PyTorch loop"))["img_per_s"]
+    step = next(r for r in result["rows"] if r["row"].startswith("rob_ray step alone"))["img_per_s"]
+    print(f"\n| row | img/s | x hand-written loop | x rob_ray step alone |   ({result['cpu_cores']} cores, "
+          f"{result['torch_threads']} torch threads, torch {result['torch']}, {result['views']}, batch {result['batch']})")
+    print("|---|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['img_per_s']:.1f} | {r['img_per_s'] / plain:.2f} | {r['img_per_s'] / step:.2f} |")
+    print("checks:", json.dumps({k: round(v, 3) for k, v in result["checks"].items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

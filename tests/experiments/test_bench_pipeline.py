@@ -1,0 +1,35 @@
+"""CI smoke test of experiments/bench_pipeline.py: the comparison table (rob_ray through Ray Data +
+Ray Train, the hand-written plain-PyTorch loop, rob_ray's step alone) at tiny settings. Timings are
+not asserted: only that every row is measured and the ratios are what the table says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.ray
+def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
+    out = tmp_path / "pipeline.json"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.run([sys.executable, "experiments/bench_pipeline.py", "--smoke", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {r["row"]: r for r in result["rows"]}
+    e2e = rows["rob_ray end to end (Ray Data + Ray Train, its metrics)"]
+    plain = rows["plain PyTorch loop, end to end (hand-written)"]
+    step = rows["rob_ray step alone (TrainStep, ready-made views)"]
+    assert all(r["img_per_s"] > 0 for r in rows.values())
+    assert e2e["timed_steps"] >= 2 and e2e["steps"] > e2e["timed_steps"]  # warm-up windows left out
+    c = result["checks"]
+    assert c["e2e_vs_plain_loop"] == pytest.approx(e2e["img_per_s"] / plain["img_per_s"])
+    assert c["e2e_vs_step_alone"] == pytest.approx(e2e["img_per_s"] / step["img_per_s"])
+    assert "| rob_ray end to end (Ray Data + Ray Train, its metrics) |" in proc.stdout
