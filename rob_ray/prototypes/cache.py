@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rob_ray.train.checkpoint import file_sha256
+from rob_ray.train.checkpoint import file_sha256, write_durable
 
 __all__ = ["data_fingerprint", "file_fingerprint", "fit_lock", "key_hash", "read_verified", "teacher_fingerprint",
            "write_verified"]
@@ -86,24 +86,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:48] or "teacher"
 
 
-def _write_durable(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_verified(folder: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                    meta_name: str) -> dict[str, Any]:
     """Write `tensors` to `folder/name` then `meta` (+ sha256, bytes) to `folder/meta_name`, each atomically.
     A stale JSON is removed first, so an interruption between the two leaves an incomplete (refitted) folder."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / meta_name).unlink(missing_ok=True)
-    _write_durable(folder / name, lambda f: torch.save(tensors, f))
+    write_durable(folder / name, lambda f: torch.save(tensors, f))
     meta = {**meta, "file": name, "sha256": file_sha256(folder / name), "bytes": (folder / name).stat().st_size}
-    _write_durable(folder / meta_name, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    write_durable(folder / meta_name, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return meta
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "save_state",
     "unused_checkpoint_name",
     "verify_checkpoint",
+    "write_durable",
 ]
 
 STATE_FILE = "state.pt"
@@ -51,7 +52,7 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _write_durable(path: Path, write) -> None:
+def write_durable(path: Path, write) -> None:
     """Write via `<path>.tmp`, fsync, rename: readers see the old file or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -69,9 +70,9 @@ def save_state(directory: str | Path, state: dict[str, Any], meta: dict[str, Any
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    _write_durable(d / STATE_FILE, lambda f: torch.save(state, f))
+    write_durable(d / STATE_FILE, lambda f: torch.save(state, f))
     meta = {**meta, "state_sha256": file_sha256(d / STATE_FILE), "state_bytes": (d / STATE_FILE).stat().st_size}
-    _write_durable(d / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    write_durable(d / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     return d
 
 
