@@ -137,7 +137,8 @@ class PlainLoop:
         g = self.n_global
         with torch.no_grad():
             t = self.teacher(torch.cat(crops[:g]))
-        s = self.student(crops)  # the student takes a list of crop batches (rob_ray's Student; same model)
+        # Same-resolution views go through the backbone together (DINO's MultiCropWrapper does this).
+        s = self.student([torch.cat(crops[:g]), *([torch.cat(crops[g:])] if len(crops) > g else [])])
         t_probs = F.softmax(t.float() / self.t_temp, dim=-1).chunk(g)
         s_logp = F.log_softmax(s.float() / self.s_temp, dim=-1).chunk(len(crops))
         pairs = [(i, v) for i in range(g) for v in range(len(crops)) if v == i or v >= g]  # RoB's same-view pairs
@@ -237,55 +238,51 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[bench] {cfg.teacher.kind} -> {cfg.student.arch}, {result['views']}, batch {b}, {threads} torch threads, "
           f"{len(table)} images", flush=True)
 
-    # --- (3) rob_ray's step alone, and its crops alone
-    def step_alone() -> tuple[float, float]:
-        teacher, student = models()
-        method = build_method(cfg.method, teacher, student)
-        teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
-        lr = cosine_schedule(cfg.optim.lr * b / 256, cfg.optim.min_lr, 10**6, 100)
-        step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
-                         clip_grad=cfg.optim.clip_grad)
-        gen = torch.Generator().manual_seed(0)
+    # --- the in-process rows: rob_ray's step alone (3) and the hand-written loop (2), in alternating
+    # blocks (a shared machine's load then falls on both alike), before and after the Ray runs
+    teacher, student = models()
+    method = build_method(cfg.method, teacher, student)
+    teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
+    lr = cosine_schedule(cfg.optim.lr * b / 256, cfg.optim.min_lr, 10**6, 100)
+    step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
+                     clip_grad=cfg.optim.clip_grad)
+    gen = torch.Generator().manual_seed(0)
 
-        def crops(n: int, s: int) -> torch.Tensor:
-            return torch.randn(n * b, 3, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
+    def crops(n: int, s: int) -> torch.Tensor:
+        return torch.randn(n * b, 3, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
 
-        views = Views(crops(a.num_global, a.global_size), crops(a.num_local, a.local_size) if a.num_local else None,
-                      torch.full((b,), -1), b, a.num_global)
-        student.train()
-        t_step, _ = time_calls(lambda i: step(views, i), args.steps, args.warmup, cpu)
-        mapper = MultiCropMapper(table, policy, SampleSchedule(len(table), 1, b, cfg.optim.epochs, cfg.seed), 0)
-        batches = list(mapper.iter_local(0, 4))
-        build = ViewsBuilder(policy, teacher.mean, teacher.std, cpu, cfg.run.channels_last)
-        t_aug, _ = time_calls(lambda i: build(batches[i % len(batches)]), max(4, args.steps // 3), 1, cpu)
-        return t_step, t_aug
+    views = Views(crops(a.num_global, a.global_size), crops(a.num_local, a.local_size) if a.num_local else None,
+                  torch.full((b,), -1), b, a.num_global)
+    student.train()
+    p_teacher, p_student = models()
+    plain = PlainLoop([table.paths[i] for i in range(len(table))], p_teacher, p_student, batch=b,
+                      n_global=a.num_global, n_local=a.num_local, g_size=a.global_size, l_size=a.local_size,
+                      g_scale=a.global_scale, l_scale=a.local_scale, lr=cfg.optim.lr * b / 256,
+                      weight_decay=cfg.optim.weight_decay, t_temp=getattr(cfg.method, "teacher_temp", 0.07),
+                      s_temp=getattr(cfg.method, "student_temp", 0.1), clip=cfg.optim.clip_grad)
+    counter = {"step": 0, "plain": 0}
+    spent = {"step": [0.0, 0.0], "plain": [0.0, 0.0]}  # seconds before / after the Ray runs
 
-    t_step, t_aug = step_alone()
-    step_row = row("rob_ray step alone (TrainStep, ready-made views)", _rate(t_step, b))
-    row(f"rob_ray crops alone (ViewsBuilder, crops_on={policy.crops_on})", _rate(t_aug, b), "decoded batch in")
-    # The other placement's per-image work (what one data actor does per image, on one core).
+    def alternate(phase: int) -> None:
+        block = max(1, min(5, args.steps // 4))
+        for _ in range(max(1, args.steps // block)):
+            for name, fn in (("step", lambda i: step(views, i)), ("plain", plain)):
+                t, _ = time_calls(fn, block, 0, cpu)
+                spent[name][phase] += t * block
+                counter[name] += block
+
+    for i in range(args.warmup):
+        step(views, i), plain(i)
+    alternate(0)
+    mapper = MultiCropMapper(table, policy, SampleSchedule(len(table), 1, b, cfg.optim.epochs, cfg.seed), 0)
+    batches = list(mapper.iter_local(0, 4))
+    build = ViewsBuilder(policy, teacher.mean, teacher.std, cpu, cfg.run.channels_last)
+    t_aug, _ = time_calls(lambda i: build(batches[i % len(batches)]), max(4, args.steps // 3), 1, cpu)
+    t_plain_aug, _ = time_calls(lambda i: plain.crops(plain.load(i)), max(4, args.steps // 3), 1, cpu)
     from rob_ray.data.mapper import measure_decode_ms
 
     other = "data_actors" if policy.crops_on == "worker" else "worker"
     per_image_ms = measure_decode_ms(table, build_policy(cfg.augment.model_copy(update={"crops_on": other})), n=16)
-    row(f"one data actor, crops_on={other}: decode + crops per image", 1000 / per_image_ms, "1 core")
-
-    # --- (2) the hand-written loop (before)
-    def plain_loop() -> PlainLoop:
-        teacher, student = models()
-        files = [table.paths[i] for i in range(len(table))]
-        return PlainLoop(files, teacher, student, batch=b, n_global=a.num_global, n_local=a.num_local,
-                         g_size=a.global_size, l_size=a.local_size, g_scale=a.global_scale, l_scale=a.local_scale,
-                         lr=cfg.optim.lr * b / 256, weight_decay=cfg.optim.weight_decay,
-                         t_temp=getattr(cfg.method, "teacher_temp", 0.07), s_temp=getattr(cfg.method, "student_temp", 0.1),
-                         clip=cfg.optim.clip_grad)
-
-    plain = plain_loop()
-    t_plain_aug, _ = time_calls(lambda i: plain.crops(plain.load(i)), max(4, args.steps // 3), 1, cpu)
-    row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
-    t_plain1, _ = time_calls(plain, args.steps, args.warmup, cpu)
-    print(f"  (plain loop end to end, before: {_rate(t_plain1, b):.1f} img/s)", flush=True)
-    del plain
 
     # --- (1) rob_ray end to end
     e2e = other_e2e = None
@@ -297,13 +294,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             alt = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"crops_on": other})})
             other_e2e = rob_ray_end_to_end(alt, args.windows, args.warmup_windows)
         torch.set_num_threads(threads)
+        alternate(1)
 
-    # --- (2) the hand-written loop (after)
-    plain = plain_loop()
-    t_plain2, _ = time_calls(plain, args.steps, args.warmup, cpu)
-    plain_rate = (_rate(t_plain1, b) + _rate(t_plain2, b)) / 2
-    plain_row = row("plain PyTorch loop, end to end (hand-written)", plain_rate,
-                    f"before {_rate(t_plain1, b):.1f}, after {_rate(t_plain2, b):.1f}")
+    def rate(name: str) -> tuple[float, str]:
+        n_phase = counter[name] // (2 if spent[name][1] else 1)
+        parts = [f"{_rate(t / n_phase, b):.1f}" for t in spent[name] if t]
+        return counter[name] * b / sum(spent[name]), ("before / after the Ray runs: " + " / ".join(parts)
+                                                      if len(parts) > 1 else "")
+
+    step_row = row("rob_ray step alone (TrainStep, ready-made views)", *rate("step"))
+    plain_row = row("plain PyTorch loop, end to end (hand-written)", *rate("plain"))
+    row(f"rob_ray crops alone (ViewsBuilder, crops_on={policy.crops_on})", _rate(t_aug, b), "decoded batch in")
+    row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
+    row(f"one data actor, crops_on={other}: decode + crops per image", 1000 / per_image_ms, "1 core")
     checks: dict[str, Any] = {}
     if e2e is not None:
         r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),

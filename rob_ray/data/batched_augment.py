@@ -202,7 +202,8 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, in
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int, flip: torch.Tensor | None = None,
-                compute_dtype: torch.dtype | None = None, taps: tuple[int, int] | None = None) -> torch.Tensor:
+                compute_dtype: torch.dtype | None = None, taps: tuple[int, int] | None = None,
+                channels_last: bool = False) -> torch.Tensor:
     """Crop V boxes from each of B images and resize them to out_size (antialiased bicubic).
 
     Args:
@@ -210,6 +211,7 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int, flip: 
         boxes: (V, B, 4) int (top, left, h, w), on the images' device.
         flip: (V, B) bool, mirror horizontally.
         taps: (rows, columns) kernel taps (`taps_for` of the box heights / widths); None: dense.
+        channels_last: return a channels_last tensor (the same single copy makes it).
     Returns: (V * B, 3, S, S) float32 in [0, 1], view-major.
     """
     b, c, height, width = images.shape
@@ -223,11 +225,13 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, out_size: int, flip: 
     wx = _resize_weights(bx[:, 1], bx[:, 3], s, width, fl, tx)
     wy, wx = wy.to(dtype).view(b, v * s, height), wx.to(dtype).view(b, v * s, width)
     x = images.to(dtype).reshape(b, c * height, width)  # a no-op when the caller converted already
-    t = torch.bmm(x, wx.transpose(1, 2))  # (B, C*H, V*S): [b, c, h, v, x]
-    t = t.view(b, c, height, v, s).permute(0, 3, 2, 1, 4).reshape(b * v, height, c * s)  # [bv, h, (c, x)]
-    out = torch.bmm(wy.view(b * v, s, height), t)  # (B*V, S, C*S): [bv, y, c, x]
-    out = out.view(b, v, s, c, s).permute(1, 0, 3, 2, 4).float().reshape(v * b, c, s, s)
-    return out.clamp_(0.0, 1.0)  # bicubic overshoots; torchvision clamps to the uint8 range
+    # Columns first, rows second, each one batched product; the layouts chain without a copy:
+    t = torch.bmm(wx, x.transpose(1, 2))  # (B, V*S, C*H): [b, v, x, c, h]
+    out = torch.bmm(t.view(b * v, s * c, height), wy.view(b * v, s, height).transpose(1, 2))  # [b, v, x, c, y]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dst = torch.empty((v * b, c, s, s), device=images.device, dtype=torch.float32, memory_format=fmt)
+    dst.view(v, b, c, s, s).copy_(out.view(b, v, s, c, s).permute(1, 0, 3, 4, 2))  # one copy: view-major, layout, fp32
+    return dst.clamp_(0.0, 1.0)  # bicubic overshoots; torchvision clamps to the uint8 range
 
 
 # ---------------------------------------------------------------- colour ops on [0, 1] floats
@@ -371,7 +375,8 @@ class BatchedMultiCrop:
     def _run(self, images: torch.Tensor, plan: dict, sent: list[torch.Tensor], size: int) -> torch.Tensor:
         """Device side: crop/resize/flip, then each op on the views that drew it."""
         dev = images.device
-        x = crop_resize(images, sent[plan["boxes"]].long(), size, sent[plan["flip"]].bool(), taps=plan["taps"])
+        x = crop_resize(images, sent[plan["boxes"]].long(), size, sent[plan["flip"]].bool(), taps=plan["taps"],
+                        channels_last=self.channels_last)
         for op, idx, factor in plan["jitter"]:
             d = sent[idx].long()
             x[d] = _JITTER_OPS[op](x[d], sent[factor])

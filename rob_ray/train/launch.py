@@ -119,8 +119,12 @@ def init_ray(cfg: Config) -> None:
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
     # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
     custom = {k.removeprefix("resource/"): v for k, v in plan.items() if k.startswith("resource/")}
-    ray.init(address="local" if address == "local-only" else None,
-             num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
+    # Ray starts worker processes at niceness 15, below its own daemons: on a small node every wake-up
+    # of the raylet or the dashboard then preempts a torch thread of the training step mid-region. A
+    # cluster started for this run exists for it: its workers run at the normal priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # address="local": a new cluster even when a crashed one left its address file behind.
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=None if cfg.scaling.use_gpu else 0, runtime_env=runtime_env,
              resources=custom or None,
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
