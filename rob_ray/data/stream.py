@@ -69,6 +69,10 @@ def ray_batches(
     """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # batch composition must not depend on actor timing
+    # Ray Data's issue detectors print a multi-line memory advice every 30 s per worker on the console;
+    # the actors' memory (one decoded batch) is known and bounded, so the advice is noise here.
+    if hasattr(ctx, "issue_detectors_config"):
+        ctx.issue_detectors_config.detectors = []
     b = schedule.batch_size
     # One block per step: actors work on different steps in parallel, the order is kept.
     # concurrency=1: CPU-free tasks would otherwise all start at once, one process each.
