@@ -82,6 +82,7 @@ def _quiet_console(verbose: bool = False) -> None:
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if verbose:
+        os.environ["ROB_RAY_VERBOSE"] = "1"  # Ray's own notices stay on the console (rob_ray.ray_log_filters)
         os.environ["RAY_DATA_LOGGING_CONFIG"] = str(Path(__file__).resolve().parent / "ray_data_logging_verbose.yaml")
 
 

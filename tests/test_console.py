@@ -112,3 +112,39 @@ def test_a_ray_address_file_of_a_killed_cluster_is_noticed(tmp_path, monkeypatch
         address_file.write_text(f"127.0.0.1:{port}")
         assert _stale_cluster_file() is None  # something answers: join it
     assert _stale_cluster_file() == f"127.0.0.1:{port}"  # closed now: nothing answers
+
+    from rob_ray.train.launch import _remove_stale_cluster_file
+
+    _remove_stale_cluster_file("127.0.0.1:1")  # names another cluster now: left alone
+    assert address_file.exists()
+    _remove_stale_cluster_file(f"127.0.0.1:{port}")  # Ray Train's own actors would read it: gone
+    assert not address_file.exists()
+
+
+def test_ray_internal_notices_stay_off_the_console(caplog):
+    import logging
+
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from rob_ray.ray_log_filters import quiet_ray_console
+
+    seen: list[list[str]] = []
+    dispatcher.add_handler("rob_ray_test", lambda data: seen.append(data["lines"]))
+    try:
+        quiet_ray_console()
+        quiet_ray_console()  # idempotent: one wrapper, not two
+        ours = "[rob_ray] epoch 0 step 15/300 loss 6.2"
+        harmless = ("[2026-11-28 21:45:38,774 E 9404 9443] core_worker.cc:2465: Actor with class name: "
+                    "'PreemptionWatcher' and ID: 'f4' has constructor arguments in the object store and "
+                    "max_restarts > 0. If the arguments ...")
+        real_error = "[2026-11-28 21:45:38,774 E 9404 9443] core_worker.cc:99: something actually broke"
+        dispatcher.emit({"lines": [harmless, ours, real_error], "pid": 1, "is_err": True})
+        dispatcher.emit({"lines": [harmless], "pid": 1, "is_err": True})  # nothing left: nothing printed
+        assert seen == [[ours, real_error]]
+    finally:
+        dispatcher.remove_handler("rob_ray_test")
+    token = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    with caplog.at_level(logging.WARNING):
+        token.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ...")
+        token.warning("Token authentication is disabled for this Ray cluster.")  # a real security notice stays
+    assert [r.getMessage() for r in caplog.records] == ["Token authentication is disabled for this Ray cluster."]

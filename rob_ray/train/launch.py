@@ -4,6 +4,7 @@ colocated in every worker. Relaunching the same `run.name` resumes from its last
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from rob_ray.config import Config, ConfigError, config_to_dict, save_config
 from rob_ray.data.sources import ImageTable, scan_images
+from rob_ray.ray_log_filters import quiet_ray_console
 from rob_ray.storage import RunStorage
 from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_state, verify_checkpoint
 from rob_ray.train.plan import NodeShape, apply_plan, local_node, resource_plan
@@ -85,6 +87,8 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
+    if not os.environ.get("ROB_RAY_VERBOSE"):  # the CLI's --verbose
+        quiet_ray_console()  # the token-auth notice; the worker-echo filter once Ray is up (in _announce)
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     # A `ray job submit` driver inherits the job's runtime_env; Ray refuses a ray.init env that
@@ -96,8 +100,11 @@ def init_ray(cfg: Config) -> None:
     if address == "local":  # a new local Ray even beside a running cluster: sized like any local start below
         address, how = "local-only", "started a new local Ray (scaling.ray_address=local: any other Ray here is left alone)"
     if address is None and (stale := _stale_cluster_file()):
-        # ray.init("auto") would wait minutes for a cluster that was killed without `ray stop`.
-        address, how = "local-only", f"started a new local Ray (Ray's address file names {stale}, where no cluster answers)"
+        # ray.init("auto") would wait minutes for a cluster that was killed without `ray stop`, and
+        # Ray Train's own actors (the placement-group cleaner) resolve "auto" through the same file:
+        # left in place, they time out on the dead address and print a traceback mid-run.
+        _remove_stale_cluster_file(stale)
+        address, how = "local-only", f"started a new local Ray (Ray's address file named {stale}, where no cluster answers)"
     if address is None:
         try:
             ray.init(address="auto", runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
@@ -146,6 +153,16 @@ def _stale_cluster_file() -> str | None:
         return text if isinstance(exc, ConnectionRefusedError) else None
 
 
+def _remove_stale_cluster_file(stale: str) -> None:
+    """Delete Ray's address file if it still names `stale` (another process may have rewritten it)."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == stale:
+            path.unlink()
+
+
 def _job_env_var_names() -> set[str]:
     import json
 
@@ -162,6 +179,8 @@ def _announce(how: str) -> None:
     """One line naming the cluster the driver uses (a job must never start a second one)."""
     import ray
 
+    if not os.environ.get("ROB_RAY_VERBOSE"):
+        quiet_ray_console()  # Ray's console handler exists now
     have = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     print(f"[rob_ray] Ray: {how} at {ray.get_runtime_context().gcs_address} ({nodes} node(s), "
