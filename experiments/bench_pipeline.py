@@ -44,11 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "experiments" / "configs" / "demo.yaml"))
     ap.add_argument("--windows", type=int, default=3, help="timed logging windows of the rob_ray run (after warm-up)")
-    ap.add_argument("--warmup-windows", type=int, default=1)
+    ap.add_argument("--warmup-windows", type=int, default=2, help="untimed logging windows (Ray Data's actor "
+                    "start and the first batches; a demo-length run is ~20 windows)")
     ap.add_argument("--steps", type=int, default=30, help="timed steps of the in-process rows")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps of the in-process rows")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of the in-process rows (default: the "
-                    "launch plan's, i.e. what the rob_ray worker gets)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the in-process rows (default: every "
+                    "core, what a hand-written script gets; rob_ray's own run plans its worker's threads itself)")
     ap.add_argument("--no-ray", action="store_true", help="skip row (1)")
     ap.add_argument("--other-placement", action="store_true", help="also run (1) with the other augment.crops_on")
     ap.add_argument("--smoke", action="store_true", help="tiny settings (CI)")
@@ -194,6 +195,8 @@ def rob_ray_end_to_end(cfg, windows: int, warmup_windows: int) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a log file (as the CLI)
     if any(os.environ.get(k) != v for k, v in WORKER_CPU_ENV.items()):  # read at start-up only
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_CPU_ENV})
 
@@ -205,7 +208,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rob_ray.data.views import ViewsBuilder
     from rob_ray.methods import Views, build_method, build_models
     from rob_ray.train.loop import build_optimizer
-    from rob_ray.train.plan import resource_plan
     from rob_ray.train.schedules import cosine_schedule
     from rob_ray.train.step import TrainStep
     from rob_ray.train.timing import time_calls
@@ -213,8 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = _resolve_paths(load_config(args.config, args.overrides), REPO)
     table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column, cfg.data.parquet_label_column,
                         cfg.data.max_images)
-    plan = resource_plan(cfg)
-    threads = args.threads or int(plan["torch_threads"])
+    threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     a, b = cfg.augment, cfg.optim.batch_size
@@ -274,15 +275,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for i in range(args.warmup):
         step(views, i), plain(i)
     alternate(0)
-    mapper = MultiCropMapper(table, policy, SampleSchedule(len(table), 1, b, cfg.optim.epochs, cfg.seed), 0)
+    # The two placements' crop work alone: batched in the worker (ViewsBuilder on a decoded batch), and
+    # per image in one data actor (decode + every crop).
+    placed = {k: build_policy(cfg.augment.model_copy(update={"crops_on": k})) for k in ("worker", "data_actors")}
+    mapper = MultiCropMapper(table, placed["worker"], SampleSchedule(len(table), 1, b, cfg.optim.epochs, cfg.seed), 0)
     batches = list(mapper.iter_local(0, 4))
-    build = ViewsBuilder(policy, teacher.mean, teacher.std, cpu, cfg.run.channels_last)
+    build = ViewsBuilder(placed["worker"], teacher.mean, teacher.std, cpu, cfg.run.channels_last)
     t_aug, _ = time_calls(lambda i: build(batches[i % len(batches)]), max(4, args.steps // 3), 1, cpu)
     t_plain_aug, _ = time_calls(lambda i: plain.crops(plain.load(i)), max(4, args.steps // 3), 1, cpu)
     from rob_ray.data.mapper import measure_decode_ms
 
     other = "data_actors" if policy.crops_on == "worker" else "worker"
-    per_image_ms = measure_decode_ms(table, build_policy(cfg.augment.model_copy(update={"crops_on": other})), n=16)
+    per_image_ms = measure_decode_ms(table, placed["data_actors"], n=16)
 
     # --- (1) rob_ray end to end
     e2e = other_e2e = None
@@ -304,13 +308,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     step_row = row("rob_ray step alone (TrainStep, ready-made views)", *rate("step"))
     plain_row = row("plain PyTorch loop, end to end (hand-written)", *rate("plain"))
-    row(f"rob_ray crops alone (ViewsBuilder, crops_on={policy.crops_on})", _rate(t_aug, b), "decoded batch in")
+    row("rob_ray batched crops alone (ViewsBuilder, crops_on=worker)", _rate(t_aug, b), "decoded batch in")
     row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
-    row(f"one data actor, crops_on={other}: decode + crops per image", 1000 / per_image_ms, "1 core")
+    row("one data actor, crops_on=data_actors: decode + crops per image", 1000 / per_image_ms, "1 core")
     checks: dict[str, Any] = {}
     if e2e is not None:
         r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),
-                f"{e2e['timed_steps']} timed steps, windows {e2e['window_rates']}", **e2e)
+                f"crops_on={policy.crops_on} (the default here), {e2e['timed_steps']} timed steps, "
+                f"windows {e2e['window_rates']}", crops_on=policy.crops_on, **e2e)
         checks["e2e_vs_plain_loop"] = r["img_per_s"] / plain_row["img_per_s"]
         checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]
     if other_e2e is not None:

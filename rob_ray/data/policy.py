@@ -52,6 +52,10 @@ class CropPolicy:
         return 1 if v < self.num_global else 2
 
 
-def build_policy(cfg: AugmentConfig) -> CropPolicy:
+def build_policy(cfg: AugmentConfig, use_gpu: bool = False) -> CropPolicy:
     fields = CropPolicy.__dataclass_fields__
-    return CropPolicy(**{k: v for k, v in cfg.model_dump().items() if k in fields})
+    values = {k: v for k, v in cfg.model_dump().items() if k in fields}
+    from rob_ray.config import resolve_crops_on  # an AugmentConfig means pydantic is here
+
+    values["crops_on"] = resolve_crops_on(values["crops_on"], use_gpu)
+    return CropPolicy(**values)

@@ -82,7 +82,8 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     cost = decode_ms if decode_ms is not None else DEFAULT_DECODE_MS[a.crops_on]
     work = ("read + decode + shrink + draw" if a.crops_on == "worker"
             else "read + decode + every crop, per image")
-    why.append(f"augment.crops_on={a.crops_on}: data actors {work}: {cost:.2g} ms CPU per image "
+    why.append(f"augment.crops_on={a.crops_on} (auto: data_actors for CPU workers, worker for GPU workers): "
+               f"data actors {work}: {cost:.2g} ms CPU per image "
                f"({decode_source or 'default estimate, not measured'})")
     rate = GPU_IMG_PER_S if s.use_gpu else CPU_IMG_PER_S_PER_CORE * share
     need = rate * cost / 1000.0

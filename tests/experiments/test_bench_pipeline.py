@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.processes import HANG_TIMEOUT_S
 
 
 @pytest.mark.ray
@@ -20,7 +21,7 @@ def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     proc = subprocess.run([sys.executable, "experiments/bench_pipeline.py", "--smoke", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     rows = {r["row"]: r for r in result["rows"]}

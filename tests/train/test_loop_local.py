@@ -102,7 +102,7 @@ def test_policy_schedule_batch_layout(small_folder):
     batch = next(MultiCropMapper(table, build_policy(cfg.augment), schedule, 0).iter_local(2, 3))
     assert batch["global"].shape == (8, 2, 3, 32, 32) and batch["local"].shape == (8, 3, 3, 16, 16)
     assert np.array_equal(batch["image_index"], schedule.lookup(0, np.arange(16, 24))[1])
-    cfg = load_config(None, [*sizes, "augment.image_size=128"])  # crops_on=worker: decoded images + their draws
+    cfg = load_config(None, [*sizes, "augment.image_size=128", "augment.crops_on=worker"])  # decoded images + draws
     batch = next(MultiCropMapper(table, build_policy(cfg.augment), schedule, 0).iter_local(2, 3))
     assert batch["image"].shape == (8, 3, 128, 128) and batch["draws"].shape == (8, 5, 18) and "global" not in batch
     assert np.array_equal(batch["image_index"], schedule.lookup(0, np.arange(16, 24))[1])

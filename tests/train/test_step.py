@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from rob_ray.config import load_config
+from rob_ray.config import AugmentConfig, load_config
 from rob_ray.data import CropPolicy, MultiCropMapper, SampleSchedule, build_policy, scan_images
 from rob_ray.data.mapper import fit_image
 from rob_ray.losses import DinoLoss
@@ -139,7 +139,12 @@ def test_build_policy_carries_placement_fields_and_old_names_migrate():
     cfg = load_config(None, ["augment.crops_on=data_actors", "augment.image_size=128"])
     p = build_policy(cfg.augment)
     assert p.crops_on == "data_actors" and p.image_size == 128
-    assert build_policy(load_config(None, []).augment).crops_on == "worker"  # the measured default, CPU and GPU
+    # auto: the measured faster placement for the workers' device, written into the resolved config
+    assert load_config(None, []).augment.crops_on == "data_actors"
+    assert load_config(None, ["scaling.use_gpu=true"]).augment.crops_on == "worker"
+    assert load_config(None, ["scaling.use_gpu=true", "augment.crops_on=data_actors"]).augment.crops_on == "data_actors"
+    assert build_policy(AugmentConfig()).crops_on == "data_actors"
+    assert build_policy(AugmentConfig(), use_gpu=True).crops_on == "worker"
     with pytest.warns(FutureWarning, match="augment.device=gpu is now augment.crops_on=worker"):
         old = load_config(None, ["augment.device=gpu", "augment.gpu_image_size=96"])  # an old run's config.yaml
     assert old.augment.crops_on == "worker" and old.augment.image_size == 96
