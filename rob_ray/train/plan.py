@@ -103,7 +103,10 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
         worker_cpus = s.cpus_per_worker
         src = "scaling.cpus_per_worker"
     else:
-        worker_cpus = round(max(share - (0.0 if remote_actors else data_per_worker), MIN_ACTOR_CPUS), 4)
+        leave = 0.0 if remote_actors else data_per_worker
+        worker_cpus = round(max(share - leave, MIN_ACTOR_CPUS), 4)
+        if share - worker_cpus < leave:  # 2 - 1.55 < 0.45 in floats: Ray Data would call its actor starved
+            worker_cpus = round(worker_cpus - 1e-4, 4)  # Ray's resource granularity
         src = "every CPU the actors leave"
     cores = (node.cores or node.cpus) / per_node
     threads = s.torch_threads or max(1, math.floor(min(worker_cpus, cores) + 0.5))

@@ -97,3 +97,15 @@ def test_plan_for_a_sixteen_core_one_gpu_host():
     fixed = resource_plan(load_config(None, ["scaling.use_gpu=true", "data.num_actors=2", "data.cpus_per_actor=2",
                                              "scaling.torch_threads=4"]), NodeShape(16, 1), decode_ms=1.5)
     assert fixed["data_cpus"] == 4 and fixed["cpus_per_worker"] == 12 and fixed["torch_threads"] == 4
+
+
+def test_plan_leaves_the_data_actors_their_cpus_in_floats_too():
+    # 2 - 1.55 == 0.44999999999999996 < 0.45: Ray Data's resource manager then reports its actor as starved
+    # ("Cluster resources are not enough ... may hang forever") although Ray itself places it.
+    from rob_ray.train.plan import NodeShape, resource_plan
+
+    for decode_ms in (0.5, 5.0, 9.0, 13.0, 20.0):
+        plan = resource_plan(load_config(None, ["augment.crops_on=data_actors"]), NodeShape(cpus=2), decode_ms=decode_ms)
+        data = plan["data_actors_per_worker"] * plan["cpus_per_actor"]
+        assert 2.0 - plan["cpus_per_worker"] >= data and plan["total_cpus"] <= 2.0 + 1e-9
+        assert plan["torch_threads"] == round(plan["cpus_per_worker"])
