@@ -9,7 +9,7 @@
 
 Backends: `--ray` runs every run through `rob_ray.train.launch.fit` (Ray Data + Ray Train TorchTrainer,
 workers of 1 CPU thread each); the default runs the same training loop on gloo process groups in
-spawned processes (no Ray: fast; what --smoke uses). The student is LayerNorm-only (`test_convnext`
+spawned processes (no Ray: fast; what --smoke uses). The student is GroupNorm-only (`test_efficientnet_gn`
 by default): BatchNorm statistics are per worker by design and would differ between splits.
 
     PYTHONPATH=$PWD python experiments/bench_elastic.py [--ray] [--steps 12] [--lose-at 5] [--out r.json]
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--lose-at", type=int, default=5, help="step k: a worker is lost / a preemption notice arrives")
     ap.add_argument("--global-batch", type=int, default=8)
-    ap.add_argument("--student", default="test_convnext")
+    ap.add_argument("--student", default="test_efficientnet_gn")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="4 steps, k=2 (CI)")
     ap.add_argument("--out", type=Path, default=None)

@@ -58,7 +58,7 @@ def _run(name: str, n: int, lo: int, hi: int, weight: float) -> list[dict]:
         else:
             res = loss(s, t, **kw)
         (res["loss"] * weight).backward()
-        got = {"loss": float(res["loss"]), "grad": s.grad.clone(), "state": {k: v.clone() for k, v in loss.state_dict().items()}}
+        got = {"loss": float(res["loss"].detach()), "grad": s.grad.clone(), "state": {k: v.clone() for k, v in loss.state_dict().items()}}
         if name == "ibot":
             got["patch_grad"] = sp.grad.clone()
         out.append(got)
@@ -101,12 +101,13 @@ def two_workers():
 def test_two_workers_match_one_worker_with_the_whole_batch(two_workers, name, global_batch):
     whole = _run(name, global_batch, 0, global_batch, 1.0)
     ranks = [w[name, global_batch] for w in two_workers]
-    tol = {"rtol": 1e-9, "atol": 1e-12}
+    # The losses compute in float32 (inputs are float64 here): agreement to float32 rounding.
+    tol = {"rtol": 1e-5, "atol": 1e-7}
     for step in range(STEPS):
         want = whole[step]
         for rk in ranks:
             got = rk["res"][step]
-            assert got["global_loss"] == pytest.approx(want["loss"], rel=1e-9), (name, step)
+            assert got["global_loss"] == pytest.approx(want["loss"], rel=1e-6), (name, step)
             torch.testing.assert_close(got["grad"], _rows(want["grad"], V_VIEWS, global_batch, rk["lo"], rk["hi"]), **tol)
             if name == "ibot":
                 torch.testing.assert_close(got["patch_grad"],

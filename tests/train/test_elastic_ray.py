@@ -18,7 +18,7 @@ from tests.conftest import DEMO_DATA, tiny_overrides
 
 pytestmark = pytest.mark.ray
 
-SETTINGS = ["student.arch=test_convnext", "optim.global_batch_size=8", "optim.max_steps=4",
+SETTINGS = ["student.arch=test_efficientnet_gn", "optim.global_batch_size=8", "optim.max_steps=4",
             "run.checkpoint_every_steps=100", "scaling.cpus_per_worker=0.5", "data.num_actors=1",
             "data.cpus_per_actor=0.5", "scaling.ray_num_cpus=2", "scaling.ray_address=local"]
 
