@@ -58,7 +58,8 @@ def _run(name: str, n: int, lo: int, hi: int, weight: float) -> list[dict]:
         else:
             res = loss(s, t, **kw)
         (res["loss"] * weight).backward()
-        got = {"loss": float(res["loss"].detach()), "grad": s.grad.clone(), "state": {k: v.clone() for k, v in loss.state_dict().items()}}
+        got = {"loss": float(res["loss"].detach()), "grad": s.grad.clone(),
+               "state": {k: v.clone() for k, v in loss.state_dict().items()}}
         if name == "ibot":
             got["patch_grad"] = sp.grad.clone()
         out.append(got)
