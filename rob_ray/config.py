@@ -308,7 +308,8 @@ class SwavMethodConfig(StrictModel):
     prototypes: Literal["teacher", "student"] = Field(
         "teacher", description="score the student's embedding against the teacher's frozen prototypes or its own")
     teacher_views: int = Field(2, ge=1, le=2, description="global crops the teacher assigns codes for (1 or 2)")
-    queue_length: int = Field(0, ge=0, description="past teacher score rows per worker added to Sinkhorn (0 = none)")
+    queue_length: int = Field(0, ge=0,
+                              description="past teacher score rows (one global queue over all workers) in Sinkhorn (0 = none)")
     pairing: Literal["same_view", "swapped"] = "same_view"
 
 
@@ -399,7 +400,11 @@ MethodConfig = Annotated[
 class OptimConfig(StrictModel):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     epochs: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=1, description="images per worker per step")
+    batch_size: int = Field(64, ge=1, description="images per worker per step (when global_batch_size is unset)")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="images per step over all workers, whatever their number (split across the workers "
+        "present; a run on 1, 2 or N workers sees the same images per step); default: batch_size x workers "
+        "(x the maximum of an elastic range)")
     lr: float = Field(5e-4, gt=0, description="peak LR for a global batch of 256 (scaled linearly)")
     min_lr: float = Field(1e-6, ge=0)
     warmup_epochs: float = Field(10, ge=0)
@@ -410,8 +415,37 @@ class OptimConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (schedules still span all epochs)")
 
 
+def parse_worker_range(v: Any) -> Any:
+    """`scaling.num_workers`: 2 -> 2; "2-4", [2, 4], (2, 4) -> (2, 4); "3-3" -> 3. Raises ValueError
+    (one line, with the fix) for a range that cannot run: min 0 (an elastic group needs a worker) or
+    min > max. Pure function."""
+    if isinstance(v, str) and "-" in v.strip().lstrip("-"):
+        lo, _, hi = v.strip().partition("-")
+        try:
+            v = (int(lo), int(hi))
+        except ValueError:
+            raise ValueError(f"scaling.num_workers '{v}' is not a number or a range 'min-max' (e.g. 2-4)") from None
+    if isinstance(v, list | tuple):
+        if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise ValueError(f"scaling.num_workers range {list(v)} must be two integers [min, max] (e.g. [2, 4])")
+        lo, hi = int(v[0]), int(v[1])
+        if lo < 1:
+            raise ValueError(f"scaling.num_workers range {lo}-{hi}: the minimum must be >= 1 (an elastic group needs "
+                             "a worker; use num_workers=0 for an in-process run)")
+        if lo > hi:
+            raise ValueError(f"scaling.num_workers range {lo}-{hi}: min > max; write it as {hi}-{lo}")
+        return lo if lo == hi else (lo, hi)
+    if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+        raise ValueError(f"scaling.num_workers must be >= 0, got {v}")
+    return v
+
+
 class ScalingConfig(StrictModel):
-    num_workers: int = Field(1, ge=0, description="training workers; 0 runs the loop in the driver process")
+    num_workers: int | tuple[int, int] = Field(
+        1, description="training workers; 0 runs the loop in the driver process; a range 'min-max' (or [min, max]) "
+        "is an elastic group that starts with what the cluster has and resizes as nodes come and go")
+    elastic_resize_interval_s: float = Field(60.0, ge=0, description="elastic ranges: how often Ray Train considers "
+                                             "resizing a healthy group")
     use_gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="default: every CPU of the worker's share of its "
                                           "node that the data actors leave (the launch plan)")
@@ -426,6 +460,23 @@ class ScalingConfig(StrictModel):
     ray_address: str | None = Field(None, description="'auto' joins a running cluster; default: join if one runs, else start one")
     ray_num_cpus: int | None = Field(None, ge=1, description="logical CPUs when rob_ray starts a local Ray")
 
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _worker_range(cls, v: Any) -> Any:
+        return parse_worker_range(v)
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, tuple)
+
+    @property
+    def min_workers(self) -> int:
+        return self.num_workers[0] if isinstance(self.num_workers, tuple) else self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+
 
 class RunConfig(StrictModel):
     name: str = Field("rob_demo", pattern=r"^[A-Za-z0-9_.\-]+$", description="stable name: relaunching it resumes")
@@ -435,6 +486,13 @@ class RunConfig(StrictModel):
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: unlimited)")
     max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    max_preemption_failures: int = Field(-1, ge=-1, description="restarts after node preemptions, counted apart from "
+                                         "max_failures (-1: unlimited)")
+    preemption_check_every_steps: int = Field(1, ge=1, description="ask Ray for preemption notices after every N-th "
+                                              "step (a barrier over the workers); a notice checkpoints right away")
+    checkpoint_upload: Literal["sync", "async"] = Field(
+        "sync", description="async: Ray uploads checkpoints to run.storage_path while training continues (the "
+        "checksummed folder is written first; Ray records it only once fully uploaded)")
     checkpoint_score_metric: str | None = Field(
         None, description="also keep <run>/best: the checkpoint with the best value of this metric (e.g. online_knn_top1)")
     checkpoint_score_mode: Literal["max", "min"] = "max"
@@ -481,6 +539,9 @@ class DebugConfig(StrictModel):
     fail_rank: int = Field(0, ge=0, description="the worker rank that fails")
     nonfinite_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list, description="1-based steps whose loss is replaced by NaN (every attempt)")
+    preempt_at_step: int | None = Field(
+        None, ge=1, description="simulate a preemption notice after this 1-based step (once per run folder): "
+        "checkpoint, then the worker fails as by fail_mode")
 
 
 class Config(StrictModel):
@@ -533,13 +594,25 @@ class Config(StrictModel):
         if self.optim.warmup_epochs > self.optim.epochs:
             raise ValueError(f"optim.warmup_epochs ({self.optim.warmup_epochs:g}) must not exceed optim.epochs "
                              f"({self.optim.epochs})")
-        if self.debug.fail_rank >= max(self.scaling.num_workers, 1):
+        if self.debug.fail_rank >= max(self.scaling.min_workers, 1):
             raise ValueError(f"debug.fail_rank ({self.debug.fail_rank}) must be below the number of workers "
-                             f"({max(self.scaling.num_workers, 1)})")
+                             f"({max(self.scaling.min_workers, 1)})")
+        if self.optim.global_batch_size is not None and self.optim.global_batch_size < self.scaling.max_workers:
+            raise ValueError(f"optim.global_batch_size ({self.optim.global_batch_size}) is smaller than the number of "
+                             f"workers ({self.scaling.max_workers}): every worker needs an image per step")
         return self
 
     def run_dir(self) -> Path:
         return Path(self.run.storage_path) / self.run.name
+
+    def global_batch(self, world_size: int | None = None) -> int | None:
+        """Images per step over all workers: `optim.global_batch_size`; unset, an elastic range fixes it at
+        batch_size x its maximum; else None (batch_size x the workers present, as before)."""
+        if self.optim.global_batch_size is not None:
+            return self.optim.global_batch_size
+        if self.scaling.elastic:
+            return self.optim.batch_size * self.scaling.max_workers
+        return None
 
 
 # ---------------------------------------------------------------- loading and errors

@@ -147,3 +147,15 @@ def test_scientific_notation_is_a_float_everywhere(tmp_path):
     from rob_ray.tune import check_space
 
     assert check_space(config_to_dict(cfg), cfg.tune.search_space)["optim.lr"] == ("loguniform", (1e-4, 3e-3))
+
+
+def test_worker_ranges_and_the_global_batch():
+    cfg = load_config(None, ["scaling.num_workers=2-4", "optim.batch_size=8"])
+    s = cfg.scaling
+    assert s.num_workers == (2, 4) and s.elastic and (s.min_workers, s.max_workers) == (2, 4)
+    assert cfg.global_batch() == 32  # unset: batch_size x the range's maximum, fixed for the whole run
+    assert load_config(None, ["scaling.num_workers=[1, 3]"]).scaling.num_workers == (1, 3)
+    assert load_config(None, ["scaling.num_workers=3-3"]).scaling.num_workers == 3  # a one-point range is fixed
+    fixed = load_config(None, ["scaling.num_workers=2", "optim.batch_size=8"])
+    assert not fixed.scaling.elastic and fixed.global_batch() is None  # W x batch_size, as before
+    assert load_config(None, ["scaling.num_workers=2", "optim.global_batch_size=24"]).global_batch() == 24

@@ -38,6 +38,15 @@ VALIDATION_CASES = [
     (["method=dino"], ["method = 'dino'", "valid dictionary"]),
     # out of range / not one of the choices
     (["optim.lr=-1"], ["optim.lr = -1", "greater than 0"]),
+    # elastic worker ranges
+    (["scaling.num_workers=4-2"], ["scaling.num_workers", "min > max; write it as 2-4"]),
+    (["scaling.num_workers=[3, 1]"], ["scaling.num_workers", "min > max; write it as 1-3"]),
+    (["scaling.num_workers=0-2"], ["scaling.num_workers", "the minimum must be >= 1"]),
+    (["scaling.num_workers=[0, 2]"], ["scaling.num_workers", "the minimum must be >= 1"]),
+    (["scaling.num_workers=two-four"], ["scaling.num_workers", "range 'min-max'"]),
+    (["scaling.num_workers=[1, 2, 3]"], ["scaling.num_workers", "two integers [min, max]"]),
+    (["scaling.num_workers=-1"], ["scaling.num_workers", ">= 0"]),
+    (["scaling.num_workers=1-3", "optim.global_batch_size=2"], ["optim.global_batch_size (2)", "every worker needs"]),
     (["augment.flip_prob=2"], ["augment.flip_prob = 2", "less than or equal to 1"]),
     (["augment.hue=0.9"], ["augment.hue = 0.9", "less than or equal to 0.5"]),
     (["augment.num_global=0"], ["augment.num_global = 0", "greater than or equal to 1"]),

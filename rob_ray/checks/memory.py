@@ -108,7 +108,7 @@ def estimate_worker_memory(cfg: Any, teacher: Any, student: nn.Module) -> dict[s
     return estimate_memory(teacher, student, global_size=a.global_size, local_size=a.local_size,
                            num_global=a.num_global, num_local=a.num_local, batch_size=cfg.optim.batch_size,
                            num_prototypes=width, bf16=uses_bf16(cfg.run.precision, cfg.scaling.use_gpu),
-                           optimizer=cfg.optim.optimizer, ddp=cfg.scaling.num_workers > 1)
+                           optimizer=cfg.optim.optimizer, ddp=cfg.scaling.max_workers > 1)
 
 
 def check_fits(cfg: Any, teacher: Any, student: nn.Module, est: dict[str, float],

@@ -63,11 +63,13 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
         raise ConfigError(compat.errors[0])
     if not is_uri(cfg.run.storage_path):  # a URI run's old config is pulled and checked by fit()
         check_resumable(cfg, cfg.run_dir())  # after the model checks: a typo'd arch is named as such
-    workers = max(cfg.scaling.num_workers, 1)
+    workers = max(cfg.scaling.max_workers, 1)
     try:
-        schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
+        schedule = SampleSchedule(len(table), workers, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed,
+                                  cfg.global_batch())
     except ValueError as exc:
-        raise ConfigError(f"config error: optim.batch_size = {cfg.optim.batch_size}: {exc}") from None
+        key = "optim.global_batch_size" if cfg.optim.global_batch_size else "optim.batch_size"
+        raise ConfigError(f"config error: {key} = {cfg.optim.global_batch_size or cfg.optim.batch_size}: {exc}") from None
     steps = min(schedule.total_steps, cfg.optim.max_steps or schedule.total_steps)
     plan = {
         **plan_for(cfg, table)[1],  # the launch plan on this machine, with its reasons (`why`)
@@ -76,7 +78,7 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
         "labelled_images": int((table.labels >= 0).sum()),
         "steps_per_epoch": schedule.steps_per_epoch,
         "total_steps": steps,
-        "global_batch": workers * cfg.optim.batch_size,
+        "global_batch": schedule.global_batch_size,
         "teacher": teacher.name,
         "teacher_params_M": round(teacher.num_parameters() / 1e6, 2),
         "teacher_prototypes": teacher.num_prototypes,

@@ -73,7 +73,7 @@ class MultiCropMapper:
         return self.map_positions(np.asarray(batch["id"], dtype=np.int64) + self.offset)
 
     def map_positions(self, positions: np.ndarray) -> dict[str, np.ndarray]:
-        """Augmented views for a rank's absolute sample positions (step * batch_size + j)."""
+        """Augmented views for a rank's absolute sample positions (step * rank_batch + j)."""
         epochs, images = self.schedule.lookup(self.rank, positions)
         if self.policy.crops_on == "worker":
             return self._map_images(epochs, images)
@@ -130,7 +130,7 @@ class MultiCropMapper:
 
     def iter_local(self, start_step: int, end_step: int):
         """The same batches without Ray: one dict of numpy arrays per step."""
-        b = self.schedule.batch_size
+        b = self.schedule.rank_batch(self.rank)
         for step in range(start_step, end_step):
             yield self.map_positions(np.arange(step * b, (step + 1) * b))
 

@@ -124,7 +124,7 @@ def ray_batches(
     # the actors' memory (one decoded batch) is known and bounded, so the advice is noise here.
     if hasattr(ctx, "issue_detectors_config"):
         ctx.issue_detectors_config.detectors = []
-    b = schedule.batch_size
+    b = schedule.rank_batch(rank)
     # One block per step: actors work on different steps in parallel, the order is kept.
     # concurrency=1: CPU-free tasks would otherwise all start at once, one process each.
     ds = ray.data.read_datasource(SamplePositions(start_step * b, end_step * b, b), num_cpus=0, concurrency=1)

@@ -32,7 +32,20 @@ from rob_ray.data.batched_augment import BatchedMultiCrop, params_from_draws
 from rob_ray.data.policy import CropPolicy
 from rob_ray.methods.base import Views
 
-__all__ = ["BuiltViews", "ViewStream", "ViewsBuilder", "host_tensor", "stand_in_rows"]
+__all__ = ["BuiltViews", "ViewStream", "ViewsBuilder", "host_tensor", "image_keys", "stand_in_rows"]
+
+
+def image_keys(seed: int, epochs: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(B,) int64 per-image random keys, a pure function of (seed, epoch, image index): the same image
+    of the same epoch gets the same key on any rank, in any batch slot. (splitmix64 of the three.)"""
+    with np.errstate(over="ignore"):
+        x = (np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+             ^ np.asarray(epochs, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             ^ np.asarray(images, dtype=np.uint64) * np.uint64(0x94D049BB133111EB))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(1)).astype(np.int64)
 
 
 def host_tensor(x: Any) -> torch.Tensor:
@@ -81,8 +94,9 @@ class ViewsBuilder:
     """
 
     def __init__(self, policy: CropPolicy, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, seed: int | None = None) -> None:
         self.policy, self.device, self.channels_last = policy, torch.device(device), channels_last
+        self.seed = seed
         self.cuda = self.device.type == "cuda"
         self.augment = BatchedMultiCrop(policy, mean, std, channels_last=channels_last)
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255.0
@@ -109,7 +123,10 @@ class ViewsBuilder:
         weight = None
         if 0 < n_bad < n:
             weight = self._to_device((valid * (n / (n - n_bad))).astype(np.float32))
-        views = Views(globals_, locals_, self._to_device(labels), n, self.policy.num_global)
+        keys = None
+        if self.seed is not None and "image_index" in batch and "epoch" in batch:
+            keys = torch.from_numpy(image_keys(self.seed, np.asarray(batch["epoch"]), np.asarray(batch["image_index"])))
+        views = Views(globals_, locals_, self._to_device(labels), n, self.policy.num_global, keys, self.seed)
         return BuiltViews(views, weight, n_bad, 0.0 if n_bad == n else 1.0)
 
     def _crop(self, batch: dict[str, Any], rows: np.ndarray | None, valid: np.ndarray

@@ -43,17 +43,23 @@ def msn_sinkhorn(probs: torch.Tensor, iters: int = 3) -> torch.Tensor:
 
 
 class _AllReduceMean(torch.autograd.Function):
-    """Mean over ranks whose gradient flows back to each rank's own term (MSN `AllReduce`)."""
+    """Mean over all ranks' rows of per-rank row means `x` (rank r has `n` rows): sum_r n_r x_r / sum_r n_r,
+    whose gradient flows back to each rank's own term unchanged (MSN `AllReduce`; with equal n_r it is
+    MSN's plain mean over ranks). With unequal n_r the loop weights rank r's loss by W n_r / N, so DDP's
+    gradient average gives each rank's term its n_r / N share."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        x = x.clone()
+    def forward(ctx, x: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
+        x = x.clone() * n
+        count = torch.tensor([float(n)], dtype=x.dtype, device=x.device)
         dist.all_reduce(x)
-        return x / dist.get_world_size()
+        dist.all_reduce(count)
+        return x / count
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return grad
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
 
 
 class MsnLoss(nn.Module):
@@ -95,7 +101,7 @@ class MsnLoss(nn.Module):
         if self.me_max:
             avg = s_logp.exp().mean(dim=0)
             if _distributed():
-                avg = _AllReduceMean.apply(avg)
+                avg = _AllReduceMean.apply(avg, s_logp.shape[0])
             reg = (avg * torch.log(avg.clamp_min(1e-12))).sum() + math.log(avg.shape[0])
         loss = ce + self.me_max_weight * reg if self.me_max else ce
         return {"loss": loss, "ce": ce.detach(), "me_max": reg.detach(), "teacher_probs": t_probs,

@@ -3,11 +3,16 @@
 The frozen teacher scores its global crops against its prototypes; Sinkhorn-Knopp turns the scores
 into balanced codes q (optionally together with a FIFO queue of past teacher scores); the student's
 crops predict them: CE(q_i, softmax(s_v / tau)), averaged over the batch and over view pairs.
+
+The queue is global: every rank keeps the same rows (the teacher scores of the last global batches,
+all-gathered in rank order), and rank 0 alone adds them to the distributed Sinkhorn problem, so the
+problem - queue plus global batch - is the same for 1, 2 or N workers.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -23,7 +28,7 @@ class SwavLoss(nn.Module):
         epsilon, sinkhorn_iterations: Sinkhorn parameters (RoB 0.03, 3; 0 iterations = softmax(t / eps)).
         student_temp: tau (0.1).
         pairing: "same_view" (RoB) or "swapped" (SwAV: every v != i).
-        queue_length: rows of past teacher scores per teacher view kept on this worker (0 = no queue).
+        queue_length: rows of past teacher scores per teacher view, over all workers (0 = no queue).
             As in SwAV, the queue joins the Sinkhorn problem only once it is full.
         num_teacher_views: G, the global crops the teacher scores (1 or 2); the queue keeps one per view.
 
@@ -57,8 +62,8 @@ class SwavLoss(nn.Module):
         use_queue = self.queue_length > 0 and int(self.queue_count) >= self.queue_length
         codes = []
         for i, t in enumerate(teacher.chunk(g)):
-            if use_queue:
-                # Queue rows widen the equipartition; only this batch's codes are kept.
+            if use_queue and _rank() == 0:
+                # Queue rows widen the equipartition (once, on rank 0); only this batch's codes are kept.
                 codes.append(sinkhorn_knopp(torch.cat([self.queue[i], t]), self.epsilon, self.iterations)[-batch:])
             else:
                 codes.append(sinkhorn_knopp(t, self.epsilon, self.iterations))
@@ -72,6 +77,31 @@ class SwavLoss(nn.Module):
 
     @torch.no_grad()
     def _push(self, chunks: tuple[torch.Tensor, ...]) -> None:
+        rows = 0
         for i, t in enumerate(chunks):
+            t = gather_rows(t)  # the global batch, rank order: every rank's queue is the same
             self.queue[i] = torch.cat([t.to(self.queue.dtype), self.queue[i]])[: self.queue_length]
-        self.queue_count.add_(chunks[0].shape[0])
+            rows = t.shape[0]
+        self.queue_count.add_(rows)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@torch.no_grad()
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(n_r, K) on each rank -> (sum n_r, K) on every rank, in rank order (ranks may hold different n_r)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s) for s in sizes]
+    top = max(sizes_i)
+    padded = torch.zeros(top, *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([o[:k] for o, k in zip(out, sizes_i, strict=True)])

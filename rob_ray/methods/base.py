@@ -19,6 +19,9 @@ class Views:
     """One step's normalised crops, view-major (view 0's B images first).
 
     globals_: (G * B, 3, Sg, Sg); locals_: (L * B, 3, Sl, Sl) or None; labels: (B,) int64 (-1 = none).
+    keys: (B,) int64 CPU tensor, one random key per image, a function of (seed, epoch, image) only, or None;
+    methods draw per-image randomness (iBOT masks) from it, so an image's draws do not depend on the rank
+    or batch slot it lands in. seed: the run's seed (step-level draws, e.g. MSN's patch subset).
     """
 
     globals_: torch.Tensor
@@ -26,6 +29,8 @@ class Views:
     labels: torch.Tensor
     batch_size: int
     num_global: int
+    keys: torch.Tensor | None = None
+    seed: int | None = None
 
     @property
     def num_local(self) -> int:

@@ -13,7 +13,7 @@ from rob_ray.methods.dino import DINO_PROTOTYPES_KEY
 from rob_ray.methods.models import dino_student, state_shape
 from rob_ray.methods.needs import is_vit
 from rob_ray.methods.registry import MethodEntry, register_method
-from rob_ray.models.masking import ibot_masks, step_rng
+from rob_ray.models.masking import ibot_masks, ibot_masks_keyed, step_rng
 from rob_ray.models.vit_tokens import add_mask_token, vit_patch_size
 
 __all__ = ["IbotMethod"]
@@ -38,14 +38,18 @@ class IbotMethod(Method):
         self.pred_ratio, self.pred_ratio_var = tuple(pred_ratio), tuple(pred_ratio_var)
         self.pred_shape, self.pred_aspect_ratio = pred_shape, tuple(pred_aspect_ratio)
 
-    def masks_for(self, globals_: torch.Tensor) -> torch.Tensor:
-        """(G * B, h, w) bool masks for the global crops, drawn on CPU from torch's global RNG."""
+    def masks_for(self, globals_: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """(G * B, h, w) bool masks for the global crops, drawn on CPU: per image from its key (`Views.keys`:
+        the same masks whatever rank or batch slot the image lands in), else from torch's global RNG."""
         h, w = globals_.shape[-2] // self.patch[0], globals_.shape[-1] // self.patch[1]
+        if keys is not None:
+            return ibot_masks_keyed(keys.tolist(), globals_.shape[0] // len(keys), h, w, self.pred_ratio,
+                                    self.pred_ratio_var, self.pred_shape, self.pred_aspect_ratio)
         return ibot_masks(globals_.shape[0], h, w, step_rng(), self.pred_ratio, self.pred_ratio_var,
                           self.pred_shape, self.pred_aspect_ratio)
 
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
-        masks = self.masks_for(views.globals_).to(views.globals_.device)
+        masks = self.masks_for(views.globals_, views.keys).to(views.globals_.device)
         use_patch = self.loss.lambda2 > 0
         with torch.no_grad():
             if use_patch:

@@ -13,7 +13,7 @@ from rob_ray.losses.msn import MsnLoss
 from rob_ray.methods.base import Method, StepOutput, Views
 from rob_ray.methods.models import state_shape
 from rob_ray.methods.registry import MethodEntry, register_method
-from rob_ray.models.masking import msn_keep_indices, step_rng
+from rob_ray.models.masking import msn_keep_indices, seeded_step_rng, step_rng
 from rob_ray.models.projectors import MSNProjector
 from rob_ray.models.vit_tokens import vit_patch_size
 
@@ -37,15 +37,18 @@ class MsnMethod(Method):
         self.mask_ratio = mask_ratio
         self.patch = vit_patch_size(student.backbone)
 
-    def keep_for(self, globals_: torch.Tensor) -> torch.Tensor | None:
-        """(T,) kept patch indices for this step's global crops (one subset per batch, as MSN)."""
+    def keep_for(self, globals_: torch.Tensor, seed: int | None = None, step: int = 0) -> torch.Tensor | None:
+        """(T,) kept patch indices for this step's global crops (one subset per batch, as MSN): a function of
+        (seed, step) when the views carry the run's seed (the same subset on every rank, for any worker
+        count), else drawn from torch's global RNG."""
         if self.mask_ratio <= 0:
             return None
         num = (globals_.shape[-2] // self.patch[0]) * (globals_.shape[-1] // self.patch[1])
-        return msn_keep_indices(num, self.mask_ratio, step_rng()).to(globals_.device)
+        rng = seeded_step_rng(seed, step, "msn") if seed is not None else step_rng()
+        return msn_keep_indices(num, self.mask_ratio, rng).to(globals_.device)
 
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
-        keep = self.keep_for(views.globals_)
+        keep = self.keep_for(views.globals_, views.seed, step)
         with torch.no_grad():
             t_scores = run_teacher(views.globals_)
         z = run_student(views.crops()) if keep is None else run_student(views.crops(), global_keep=keep)

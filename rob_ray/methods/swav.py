@@ -21,8 +21,6 @@ class SwavMethod(Method):
     def __init__(self, teacher, student, loss: SwavLoss) -> None:
         super().__init__(teacher, student)
         self.loss = loss
-        if loss.queue_length > 0:  # each worker queues its own batches' teacher scores
-            self.rank_local_keys = ("loss.queue", "loss.queue_count")
 
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
         g = self.loss.num_teacher_views

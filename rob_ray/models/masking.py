@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["block_mask", "ibot_masks", "msn_keep_indices", "sample_pred_ratio", "step_rng"]
+__all__ = ["block_mask", "ibot_masks", "ibot_masks_keyed", "msn_keep_indices", "sample_pred_ratio", "seeded_step_rng",
+           "step_rng"]
 
 
 def step_rng() -> random.Random:
@@ -33,6 +34,12 @@ def step_rng() -> random.Random:
     seed = int(torch.randint(0, 2**62, ()))
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     return random.Random(seed + rank)
+
+
+def seeded_step_rng(seed: int, step: int, what: str) -> random.Random:
+    """A step-level RNG that is a function of (seed, step) only: the same on every rank and for any
+    number of workers (what names the draw, so two uses never share a stream)."""
+    return random.Random(f"{int(seed)}:{int(step)}:{what}")
 
 
 def sample_pred_ratio(rng: random.Random, pred_ratio: Sequence[float], pred_ratio_var: Sequence[float]) -> float:
@@ -104,3 +111,17 @@ def msn_keep_indices(num_patches: int, drop_ratio: float, rng: random.Random) ->
         raise ValueError(f"drop ratio must be in [0, 1), got {drop_ratio}")
     keep = max(1, math.floor(num_patches * (1 - drop_ratio)))
     return torch.tensor(sorted(rng.sample(range(num_patches), keep)), dtype=torch.long)
+
+
+def ibot_masks_keyed(keys: Sequence[int], num_views: int, h: int, w: int, pred_ratio: Sequence[float] = (0.0, 0.3),
+                     pred_ratio_var: Sequence[float] = (0.0, 0.2), pred_shape: str = "block",
+                     aspect_ratio: tuple[float, float] = (0.3, 1 / 0.3)) -> torch.Tensor:
+    """(num_views * B, h, w) masks, view-major, crop (v, b) drawn from its own RNG keyed by (keys[b], v):
+    an image's masks depend on its key (seed, epoch, image) only, not on its rank or batch slot."""
+    keys = [int(k) for k in keys]
+    out = torch.zeros(num_views * len(keys), h, w, dtype=torch.bool)
+    for v in range(num_views):
+        for b, key in enumerate(keys):
+            out[v * len(keys) + b] = ibot_masks(1, h, w, random.Random(f"{key}:{v}:ibot"), pred_ratio, pred_ratio_var,
+                                                pred_shape, aspect_ratio)[0]
+    return out

@@ -57,6 +57,10 @@ class TrainContext:
     def report(self, metrics: dict[str, Any]) -> None:
         """Called by every rank at the same steps."""
 
+    def preemption_probe(self) -> Any:
+        """A callable returning a preemption notice or None (every rank, same steps); None: no notices here."""
+        return None
+
     def flush_outputs(self) -> None:
         """Mirror rank 0's files to a URI `run.storage_path` (no-op for a local folder)."""
         if self.storage is not None and self.rank == 0:
@@ -122,7 +126,7 @@ class RayTrainContext(TrainContext):
 
     def __init__(self, table_ref: Any, run_dir: str | Path | RunStorage, *, num_actors: int = 1,
                  cpus_per_actor: float = 1.0, prefetch_batches: int = 2,
-                 actor_resources: dict[str, float] | None = None) -> None:
+                 actor_resources: dict[str, float] | None = None, upload: str = "sync") -> None:
         import ray.train
         import ray.train.torch
 
@@ -138,6 +142,7 @@ class RayTrainContext(TrainContext):
         self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
                           "prefetch_batches": prefetch_batches, "actor_resources": actor_resources}
         self._superseded: list[Path] = []  # set by load_latest, emptied by the next save
+        self.upload = upload
 
     def batches(self, policy, schedule, start_step, end_step):
         from rob_ray.data.stream import ray_batches
@@ -200,11 +205,22 @@ class RayTrainContext(TrainContext):
         if state is None:
             ray.train.report(_scalars(metrics), checkpoint=None)
             return
-        with tempfile.TemporaryDirectory() as tmp:
+        name = unused_checkpoint_name(self.run_dir, step)
+        if self.upload == "async":
+            # Ray uploads in the background and deletes the folder afterwards; it records the checkpoint
+            # (the one resume uses) only once the upload finished, and the folder carries its checksums.
+            from ray.train import CheckpointUploadMode
+
+            tmp = tempfile.mkdtemp(prefix="rob_ray_ckpt_")
             save_state(tmp, state, {"step": step, **_scalars(metrics)})
-            name = unused_checkpoint_name(self.run_dir, step)
             ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=name)
+                             checkpoint_dir_name=name, checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                             delete_local_checkpoint_after_upload=True)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_state(tmp, state, {"step": step, **_scalars(metrics)})
+                ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=name)
         where = self.storage.uri if self.storage is not None else str(self.run_dir)
         print(f"[rob_ray] saved {name} in {where}", flush=True)
         self._drop_superseded(step)
@@ -214,6 +230,11 @@ class RayTrainContext(TrainContext):
         import ray.train
 
         ray.train.report(_scalars(metrics))
+
+    def preemption_probe(self):
+        from rob_ray.train.preemption import ray_preemption_probe
+
+        return ray_preemption_probe()
 
     def close(self) -> None:
         """After a finished loop: a URI run's staging folder goes (rank 0 uploads what is left first)."""

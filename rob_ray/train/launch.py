@@ -277,6 +277,22 @@ def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:
     return None
 
 
+def _elastic_kwargs(cfg: Config) -> dict[str, Any]:
+    """Ray Train's elastic group settings (a (min, max) num_workers; Ray 2.55+)."""
+    return {"elastic_resize_monitor_interval_s": cfg.scaling.elastic_resize_interval_s} if cfg.scaling.elastic else {}
+
+
+def _preemption_kwargs(cfg: Config) -> dict[str, Any]:
+    """Preemptions get their own restart budget where this Ray's FailureConfig has one (2.60+)."""
+    from dataclasses import fields
+
+    from ray.train import FailureConfig
+
+    if "max_preemption_failures" not in {f.name for f in fields(FailureConfig)}:
+        return {}
+    return {"max_preemption_failures": cfg.run.max_preemption_failures}
+
+
 def _worker_entry(config: dict[str, Any]) -> None:
     from rob_ray.train.context import RayTrainContext
     from rob_ray.train.loop import train_loop
@@ -284,7 +300,8 @@ def _worker_entry(config: dict[str, Any]) -> None:
     cfg = Config.model_validate(config["config"])
     ctx = RayTrainContext(config["table_ref"][0], RunStorage(cfg.run.storage_path, cfg.run.name),
                           num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
-                          prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
+                          prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources,
+                          upload=cfg.run.checkpoint_upload)
     train_loop(cfg, ctx, config["num_images"])
     ctx.close()
 
@@ -317,6 +334,10 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
           "(--dry-run says why)", flush=True)
     _check_cluster_fits(cfg)
     table_ref = ray.put(table)
+    if cfg.scaling.elastic:
+        print(f"[rob_ray] elastic: {cfg.scaling.min_workers}-{cfg.scaling.max_workers} workers, global batch "
+              f"{cfg.global_batch()} per step whatever their number; every resize resumes from the newest checkpoint",
+              flush=True)
     if cfg.scaling.num_workers == 0:
         if callbacks:
             raise ConfigError("config error: scaling.num_workers = 0 runs without Ray Train; sweeps need >= 1 worker")
@@ -342,9 +363,11 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
                                                                        "storage_path": storage.storage_path}},
                                "table_ref": [table_ref], "num_images": len(table)},
             scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                         resources_per_worker=resources),
+                                         resources_per_worker=resources,
+                                         **_elastic_kwargs(cfg)),
             run_config=RunConfig(name=cfg.run.name, storage_path=storage.storage_path,
-                                 failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                                 failure_config=FailureConfig(max_failures=cfg.run.max_failures,
+                                                              **_preemption_kwargs(cfg)),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
                                  callbacks=callbacks,
                                  # Ray Train's INFO lines (resource requests, each checkpoint) would bury

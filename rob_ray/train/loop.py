@@ -27,8 +27,10 @@ from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
+from rob_ray.train.elastic import global_mean, rank_share, resize_note
 from rob_ray.train.faults import FaultInjector, NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
+from rob_ray.train.preemption import PreemptionWatch
 from rob_ray.train.rank_state import gather_rank_state, restore_rank_state
 from rob_ray.train.schedules import cosine_schedule
 from rob_ray.train.step import TrainStep, make_optimizer, param_groups
@@ -73,12 +75,15 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
     policy = build_policy(cfg.augment)
-    schedule = SampleSchedule(num_images, ctx.world_size, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
+    # One global batch per step, split over the workers present (rob_ray.train.elastic).
+    schedule = SampleSchedule(num_images, ctx.world_size, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed,
+                              cfg.global_batch())
+    share = rank_share(schedule, ctx.rank)
     total = schedule.total_steps
     end = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
     spe = schedule.steps_per_epoch
     method.set_schedule(total, spe)
-    global_batch = ctx.world_size * cfg.optim.batch_size
+    global_batch = schedule.global_batch_size
     lr_sched = cosine_schedule(cfg.optim.lr * global_batch / 256, cfg.optim.min_lr, total,
                                int(cfg.optim.warmup_epochs * spe))
     wd_sched = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total)
@@ -86,6 +91,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
 
     start, skipped = 0, 0
     faults = FaultInjector.from_config(cfg.debug, ctx.run_dir, ctx.rank)
+    preempt = PreemptionWatch(ctx.preemption_probe(), cfg.run.preemption_check_every_steps, cfg.debug.preempt_at_step,
+                              ctx.run_dir, ctx.rank, cfg.debug.fail_mode)
     guard = NonFiniteGuard(cfg.run.max_nonfinite_steps, ctx.world_size)
     best = BestCheckpoint(ctx.run_dir, cfg.run.checkpoint_score_metric, cfg.run.checkpoint_score_mode) \
         if cfg.run.checkpoint_score_metric and ctx.rank == 0 else None
@@ -105,6 +112,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         guard.load_state_dict(state.get("nonfinite"))
         if ctx.rank == 0:
             print(f"[rob_ray] resumed from step {start} (epoch {start // spe})", flush=True)
+            if note := resize_note(state.get("world_size"), ctx.world_size, start, schedule):
+                print(f"[rob_ray] {note}", flush=True)
 
     clock = StageClock(device)  # per-stage device times, read at logging steps only
     flops_image = flops_per_image(method, teacher, student, policy, device, autocast)
@@ -128,7 +137,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     g_views, metrics = policy.num_global, {}
     window_t0, step_images = time.perf_counter(), 0
     views_in = ViewStream(ctx.batches(policy, schedule, start, end),
-                          ViewsBuilder(policy, teacher.mean, teacher.std, device, channels_last), clock=clock, timer=timer)
+                          ViewsBuilder(policy, teacher.mean, teacher.std, device, channels_last, seed=cfg.seed),
+                          clock=clock, timer=timer)
     student.train()
     for step in range(start, end):
         built = next(views_in)  # data/wait and augment stages are timed inside the stream
@@ -136,15 +146,18 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         faults.before_step(step + 1)
         timer.start("step")
         # Step t+1's batch is fetched and its views queued while step t computes (a side stream on CUDA).
-        result = train_step(built.views, step, built.row_weight, built.loss_weight, while_computing=views_in.prefetch)
+        result = train_step(built.views, step, built.row_weight, built.loss_weight * share,
+                            while_computing=views_in.prefetch)
         timer.stop("step")
         out, views = result.out, built.views
-        step_images += views.batch_size
+        step_images += global_batch
         done = step + 1
         log_now = done % cfg.run.log_every_steps == 0 or done == end or done % spe == 0  # epoch ends: online k-NN
         epoch_end = done % spe == 0 and (done // spe) % cfg.run.checkpoint_every_epochs == 0
         ckpt_now = done % cfg.run.checkpoint_every_steps == 0 or epoch_end or done == end
         ckpt_now = ckpt_now and (guard.in_a_row == 0 or done == end)  # mid-streak its step would say "past the fault"
+        noticed = done < end and preempt.check(done)  # a node is about to go: save after this step
+        ckpt_now = ckpt_now or noticed
         log_now = log_now or ckpt_now or guard.should_stop
         if log_now or ckpt_now:
             if is_cuda:
@@ -155,10 +168,11 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
             if out.teacher_probs is not None and out.student_log_probs is not None:
                 stats = distribution_stats(out.teacher_probs, out.student_log_probs, g_views)
             skipped_all = _sum_across_ranks(skipped, device, ctx.world_size)
-            window_images = step_images * ctx.world_size
+            window_images = step_images
             rate = window_images / max(elapsed, 1e-9)
             metrics = {
-                "step": done, "epoch": step // spe, "epochs_done": done / spe, "loss": float(out.loss.detach()),
+                "step": done, "epoch": step // spe, "epochs_done": done / spe,
+                "loss": global_mean(out.loss, views.batch_size, global_batch, ctx.world_size, device),
                 "lr": float(lr_sched[step]),
                 "weight_decay": float(wd_sched[step]), "img_per_s": rate,
                 "data_wait_frac": stages.get("data/wait", 0.0) / max(elapsed, 1e-9),
@@ -189,6 +203,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 if payload is not None and best is not None:
                     best.update(done, payload, metrics)
                 ctx.save(done, payload, metrics)
+                if noticed:
+                    preempt.after_save(done)
             else:
                 ctx.report(metrics)
     if writer is not None:
@@ -215,6 +231,7 @@ def _state(cfg: Config, ctx: TrainContext, student: nn.Module, optimizer: torch.
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if is_cuda else None},
         "config": config_to_dict(cfg),
         "nonfinite": guard.state_dict(),
+        "world_size": ctx.world_size,
     }
     if ranks is not None:
         state["method_ranks"] = ranks  # every worker's own queue (SwAV)

@@ -73,7 +73,8 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     `scaling.worker_resources`) appear as `resource/<name>`; `nodes` when `scaling.workers_per_node` is set."""
     node = node or local_node()
     s, d, a = cfg.scaling, cfg.data, cfg.augment
-    workers = max(s.num_workers, 1)
+    n_workers = s.min_workers  # an elastic range must fit its minimum to start; more workers join as nodes do
+    workers = max(n_workers, 1)
     per_node = s.workers_per_node or (min(workers, max(int(node.gpus), 1)) if s.use_gpu else workers)
     share = node.cpus / per_node
     why = [f"node: {node.cpus:g} CPUs, {node.gpus:g} GPUs ({node.source}); {per_node} training worker(s) on it: "
@@ -112,9 +113,9 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     threads = s.torch_threads or max(1, math.floor(min(worker_cpus, cores) + 0.5))
     why.append(f"training worker: {worker_cpus:g} CPUs ({src}), {threads} torch threads"
                + (" (scaling.torch_threads)" if s.torch_threads else ""))
-    train_cpu = worker_cpus * s.num_workers if s.num_workers else 0.0
+    train_cpu = worker_cpus * n_workers if n_workers else 0.0
     data_cpu = workers * data_per_worker
-    gpus = s.gpus_per_worker * s.num_workers if s.use_gpu else 0.0
+    gpus = s.gpus_per_worker * n_workers if s.use_gpu else 0.0
     plan: dict[str, Any] = {
         "train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus,
         "cpus_per_worker": worker_cpus, "torch_threads": threads, "data_actors_per_worker": actors,
@@ -123,7 +124,7 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     for name, res in d.actor_resources.items():
         plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + workers * actors * res
     for name, res in s.worker_resources.items():
-        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + s.num_workers * res
+        plan[f"resource/{name}"] = plan.get(f"resource/{name}", 0.0) + n_workers * res
     if s.workers_per_node:
         plan["nodes"] = float(-(-workers // s.workers_per_node))
     plan["why"] = why

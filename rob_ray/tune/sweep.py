@@ -135,7 +135,8 @@ def _trial_id(result: Any) -> str:
 def _total_steps(cfg: Config, num_images: int) -> int:
     from rob_ray.data.schedule import SampleSchedule
 
-    s = SampleSchedule(num_images, max(cfg.scaling.num_workers, 1), cfg.optim.batch_size, cfg.optim.epochs, cfg.seed)
+    s = SampleSchedule(num_images, max(cfg.scaling.max_workers, 1), cfg.optim.batch_size, cfg.optim.epochs, cfg.seed,
+                       cfg.global_batch())
     return min(s.total_steps, cfg.optim.max_steps or s.total_steps)
 
 

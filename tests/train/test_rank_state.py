@@ -1,5 +1,6 @@
-"""Rank-local method state (the SwAV queue) is checkpointed per worker: gathered from every rank at a
-checkpoint, and each rank takes its own entry back on resume."""
+"""Rank-local method state is checkpointed per worker: gathered from every rank at a checkpoint, and each
+rank takes its own entry back on resume. (The SwAV queue is global now, the same on every rank; a
+SwAV method that declares its queue rank-local stands in for a method with per-rank state.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from rob_ray.train.rank_state import gather_rank_state, restore_rank_state
 
 
 def _method(queue_length: int = 4) -> SwavMethod:
-    return SwavMethod(None, None, SwavLoss(num_prototypes=3, queue_length=queue_length, num_teacher_views=2))
+    m = SwavMethod(None, None, SwavLoss(num_prototypes=3, queue_length=queue_length, num_teacher_views=2))
+    if queue_length:
+        m.rank_local_keys = ("loss.queue", "loss.queue_count")
+    return m
 
 
 def _fill(method: SwavMethod, value: float, count: int) -> None:
