@@ -43,7 +43,9 @@ def test_explicit_fields_win_over_the_preset():
 
 def test_custom_is_dino_and_keeps_explicit_values():
     custom, dino = AugmentConfig(), load_config(None, ["augment.policy=dino"]).augment
-    assert custom.model_dump(exclude={"policy"}) == dino.model_dump(exclude={"policy"})
+    # crops_on: `auto` on a bare section, resolved for the workers' device in a whole config
+    assert custom.crops_on == "auto" and dino.crops_on == "data_actors"
+    assert custom.model_dump(exclude={"policy", "crops_on"}) == dino.model_dump(exclude={"policy", "crops_on"})
     assert load_config(None, ["augment.local_scale=[0.05, 0.2]"]).augment.local_scale == (0.05, 0.2)
 
 
