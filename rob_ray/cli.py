@@ -164,9 +164,14 @@ def _tune(cfg: Config, dry_run: bool) -> int:
 
     parsed = check_sweep(cfg)  # base config, data, every corner of the space, the metric: before Ray starts
     if dry_run:
+        from rob_ray.tune.groups import teacher_shared
+
+        shared, why = teacher_shared(cfg, list(parsed))
         print(yaml.safe_dump({"search_space": {k: {kind: list(a) if isinstance(a, tuple) else a}
                                                for k, (kind, a) in parsed.items()},
-                              "metric": cfg.tune.metric, "mode": cfg.tune.mode}, sort_keys=False).rstrip())
+                              "metric": cfg.tune.metric, "mode": cfg.tune.mode,
+                              "path": f"{'shared teacher (multi-student runs)' if shared else 'one run per trial'}: {why}"},
+                             sort_keys=False).rstrip())
         return 0
     from rob_ray.checks.inputs import check_gpu_available
 

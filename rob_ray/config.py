@@ -38,12 +38,14 @@ __all__ = [
     "ScalingConfig",
     "ScratchDinoMethodConfig",
     "StudentConfig",
+    "StudentEntry",
     "SwavMethodConfig",
     "TeacherConfig",
     "TuneConfig",
     "apply_overrides",
     "load_config",
     "save_config",
+    "student_configs",
 ]
 
 
@@ -519,6 +521,11 @@ class TuneConfig(StrictModel):
     grace_period: float = Field(1.0, gt=0, description="ASHA: epochs before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1)
     trial_driver_cpus: float = Field(0.01, gt=0, description="CPU held by each trial's driver function")
+    share_teacher: bool = Field(True, description="a search space of student-side keys only trains its sampled "
+                                "configs as multi-student runs sharing one teacher pass (rob_ray/tune/groups.py)")
+    students_per_run: int = Field(8, ge=1, description="share_teacher: at most this many configs per multi-student run")
+    stop_students_early: bool = Field(False, description="set on a shared-teacher sweep's group runs: ASHA rungs "
+                                      "(grace_period, reduction_factor, metric, mode) drop weak students")
 
 
 class EvalConfig(StrictModel):
@@ -544,6 +551,30 @@ class DebugConfig(StrictModel):
         "checkpoint, then the worker fails as by fail_mode")
 
 
+# The optimiser keys one student of a multi-student run may set for itself; the rest (batch size, epochs,
+# max_steps) shape the shared sample stream and stay run-wide.
+STUDENT_OPTIM_KEYS = ("optimizer", "lr", "min_lr", "warmup_epochs", "weight_decay", "weight_decay_end", "momentum",
+                      "clip_grad")
+
+
+class StudentEntry(StrictModel):
+    """One student of a multi-student run (`students:`): a name and overrides of the run's student-side
+    settings. Everything else (teacher, data, augmentation, seed, batch size, epochs) is shared: the
+    teacher runs once per step on the global views and every student learns from that output.
+
+        students:
+          - {name: r18}
+          - {name: vit_t, student: {arch: vit_tiny_patch16_224}, optim: {lr: 1.0e-3}, method: {student_temp: 0.2}}
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="metric prefix and checkpoint key of this student")
+    student: dict[str, Any] = Field(default_factory=dict, description="keys of the top-level student section to "
+                                    "change for this student (arch, head, drop_path_rate, ...)")
+    optim: dict[str, Any] = Field(default_factory=dict, description=f"its own {', '.join(STUDENT_OPTIM_KEYS)}")
+    method: dict[str, Any] = Field(default_factory=dict, description="its own method settings (temperatures, ...); "
+                                   "method.name is run-wide")
+
+
 class Config(StrictModel):
     # The data stream uses the seed's low 32 bits; torch.manual_seed takes < 2**64: bound it here, not in a worker.
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -558,6 +589,9 @@ class Config(StrictModel):
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
     debug: DebugConfig = DebugConfig()
+    students: list[StudentEntry] = Field(
+        default_factory=list, description="several students sharing one teacher pass per step (empty: the one "
+        "`student` section); each entry overrides `student` / its optimiser / method settings")
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -600,6 +634,7 @@ class Config(StrictModel):
         if self.optim.global_batch_size is not None and self.optim.global_batch_size < self.scaling.max_workers:
             raise ValueError(f"optim.global_batch_size ({self.optim.global_batch_size}) is smaller than the number of "
                              f"workers ({self.scaling.max_workers}): every worker needs an image per step")
+        _check_students(self)
         return self
 
     def run_dir(self) -> Path:
@@ -613,6 +648,49 @@ class Config(StrictModel):
         if self.scaling.elastic:
             return self.optim.batch_size * self.scaling.max_workers
         return None
+
+
+def _student_data(cfg: Config, entry: StudentEntry) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json", exclude={"students"})
+    for section, values in (("student", entry.student), ("optim", entry.optim), ("method", entry.method)):
+        _merge(data[section], values)
+    return data
+
+
+def _merge(node: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(node.get(key), dict):
+            _merge(node[key], value)
+        else:
+            node[key] = value
+
+
+def _check_students(cfg: Config) -> None:
+    """Names unique; only student-side keys; every student's resolved config valid (one line, naming it)."""
+    names = [e.name for e in cfg.students]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"students: name '{dup[0]}' is used twice; give every student its own name")
+    for i, e in enumerate(cfg.students):
+        where = f"students[{i}] ('{e.name}')"
+        bad = [k for k in e.optim if k not in STUDENT_OPTIM_KEYS]
+        if bad:
+            raise ValueError(f"{where}: optim.{bad[0]} is run-wide (it shapes the shared sample stream); a student "
+                             f"may set only {', '.join(STUDENT_OPTIM_KEYS)}")
+        if "name" in e.method and e.method["name"] != cfg.method.name:
+            raise ValueError(f"{where}: method.name is run-wide ({cfg.method.name}); run another method in its own run")
+        try:
+            Config.model_validate(_student_data(cfg, e))
+        except ValidationError as err:
+            raise ValueError(f"{where}: {format_validation_error(err).removeprefix('config error: ')}") from None
+
+
+def student_configs(cfg: Config) -> list[tuple[str, Config]]:
+    """(name, config) of every student a run trains: each entry of `students` resolved over the run's
+    config (its own `students` emptied), or the run itself as one unnamed student when `students` is empty."""
+    if not cfg.students:
+        return [("", cfg)]
+    return [(e.name, Config.model_validate(_student_data(cfg, e))) for e in cfg.students]
 
 
 # ---------------------------------------------------------------- loading and errors

@@ -127,8 +127,9 @@ def _save_safetensors(module: nn.Module, path: Path) -> None:
 
 
 def export_run(checkpoint: str | Path, out_dir: str | Path | None = None, *, onnx: bool = False,
-               projector: bool = False) -> dict[str, Any]:
-    """Write the export files of a run's (or checkpoint's) student; returns what `export.json` holds."""
+               projector: bool = False, student: str | None = None) -> dict[str, Any]:
+    """Write the export files of a run's (or checkpoint's) student; returns what `export.json` holds.
+    `student`: which student of a multi-student run (default the first; output `<run>/export_<student>`)."""
     from rob_ray.config import Config
     from rob_ray.eval.embedders import resolve_checkpoint
     from rob_ray.eval.runner import find_run_dir
@@ -141,8 +142,14 @@ def export_run(checkpoint: str | Path, out_dir: str | Path | None = None, *, onn
     ckpt = resolve_checkpoint(checkpoint)
     state = load_state(ckpt)
     cfg = Config.model_validate(state["config"])
+    name = ""
+    if cfg.students or student:
+        from rob_ray.train.students import pick_student
+
+        name, cfg, entry = pick_student(cfg, state, student)  # that student's resolved config and weights
+        state = {**state, "student": entry["student"]}
     run_dir = find_run_dir(ckpt)
-    out = Path(out_dir) if out_dir else run_dir / "export"
+    out = Path(out_dir) if out_dir else run_dir / (f"export_{name}" if name else "export")
     out.mkdir(parents=True, exist_ok=True)
     student = restore_student(cfg, state["student"]).float().eval()
     backbone = student.backbone
@@ -244,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked on onnxruntime CPU")
     p.add_argument("--projector", action="store_true", help="also write the student's head (projector)")
+    p.add_argument("--student", default=None, help="a multi-student run: which student (default: the first)")
     return p
 
 
@@ -252,7 +260,7 @@ def export_main(argv: list[str]) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        info = export_run(args.checkpoint, args.out, onnx=args.onnx, projector=args.projector)
+        info = export_run(args.checkpoint, args.out, onnx=args.onnx, projector=args.projector, student=args.student)
     except RobRayError as exc:
         print(f"export error: {first_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -89,6 +89,12 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     }
     est = estimate_worker_memory(cfg, teacher, student)
     plan["memory_est_GiB"] = round(est["total"], 2)
+    if cfg.students:  # several students share the teacher: each one checked, memory and FLOPs per student + total
+        from rob_ray.train.students import students_plan
+
+        plan.update(students_plan(cfg, teacher))
+        plan["memory_est_GiB"] = plan["students_memory_est_GiB"]
+        plan["student"] = ", ".join(f"{r['name']}={r['arch']}" for r in plan["students"])
     if cfg.scaling.use_gpu:
         plan.update(check_fits(cfg, teacher, student, est))
     else:

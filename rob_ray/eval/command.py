@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-epochs", type=int, default=100)
     p.add_argument("--draws", type=int, default=3, help="seeded low-shot draws per setting")
     p.add_argument("--num-actors", type=int, default=1)
-    p.add_argument("--out", default=None, help="output folder (default: <run>/eval)")
+    p.add_argument("--out", default=None, help="output folder (default: <run>/eval, <run>/eval_<student>)")
+    p.add_argument("--student", default=None, help="a multi-student run: which student (default: the first)")
     return p
 
 
@@ -48,7 +49,8 @@ def eval_main(argv: list[str]) -> int:
         results = evaluate(args.checkpoint, args.data, protocols=_csv(args.protocol), models=_csv(args.models),
                            engine=args.engine, size=args.size, feature=args.feature, ks=ks,
                            max_images=args.max_images, linear_kwargs={"epochs": args.linear_epochs},
-                           lowshot_kwargs={"num_draws": args.draws}, num_actors=args.num_actors, out_dir=args.out)
+                           lowshot_kwargs={"num_draws": args.draws}, num_actors=args.num_actors, out_dir=args.out,
+                           student=args.student)
     # Only errors about the user's input: any other exception is a bug and keeps its traceback.
     except RobRayError as exc:
         print(f"eval error: {first_line(exc)}", file=sys.stderr)

@@ -36,6 +36,7 @@ class EmbedSpec:
     config: the run's resolved config dict (student / teacher kinds).
     mean / std: input normalisation; None = the model's own (teacher's for students, timm's cfg).
     seed: random init of a timm model without a checkpoint (a reproducible random baseline).
+    student: the name of one student of a multi-student run's checkpoint ("" = its `student` entry).
     """
 
     kind: Literal["student", "teacher", "timm"]
@@ -48,6 +49,7 @@ class EmbedSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     seed: int = 0
+    student: str = ""
 
 
 class Embedder(nn.Module):
@@ -137,7 +139,9 @@ def build_embedder(spec: EmbedSpec, device: str | torch.device = "cpu") -> Embed
         from rob_ray.train.checkpoint import load_state
 
         # Exactly the network training built (the method's registry entry restores it), loaded strictly.
-        student = restore_student(cfg, load_state(spec.state_path)["student"])
+        state = load_state(spec.state_path)
+        entries = state.get("students") or {}
+        student = restore_student(cfg, entries[spec.student]["student"] if spec.student in entries else state["student"])
     else:
         from rob_ray.models.students import Student, build_backbone
 

@@ -29,6 +29,10 @@ def knn_report(cfg: Config, checkpoint_dir: Path | None, teacher: Any = None, k:
     from rob_ray.methods import build_models, needs_pretrained_teacher, restore_student
     from rob_ray.train.checkpoint import load_state
 
+    if cfg.students:  # a multi-student run: its first student (the checkpoint's top-level `student`)
+        from rob_ray.config import student_configs
+
+        cfg = student_configs(cfg)[0][1]
     bank_path, query_path = eval_splits(cfg)
     bank, queries = scan_images(bank_path), scan_images(query_path)
     if not needs_pretrained_teacher(cfg.method):

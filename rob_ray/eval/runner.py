@@ -52,8 +52,10 @@ def labelled_splits(data: str | Path, max_images: int | None = None) -> tuple[Im
 
 
 def model_specs(cfg: Config, checkpoint_dir: Path | None, models: Sequence[str], teacher_norm: tuple[tuple, tuple],
-                feature: str = "auto") -> list[EmbedSpec]:
-    """Specs for `models` names: student | untrained | teacher | timm:ARCH."""
+                feature: str = "auto", student: str = "") -> list[EmbedSpec]:
+    """Specs for `models` names: student | untrained | teacher | timm:ARCH. `student`: the name of one
+    student of a multi-student run (`cfg` is then that student's resolved config)."""
+    who = f"student {student} " if student else "student "
     config = cfg.model_dump(mode="json")
     mean, std = teacher_norm
     specs = []
@@ -61,10 +63,10 @@ def model_specs(cfg: Config, checkpoint_dir: Path | None, models: Sequence[str],
         if m == "student":
             if checkpoint_dir is None:
                 raise EvalInputError("model 'student' needs a checkpoint")
-            specs.append(EmbedSpec("student", f"student {cfg.student.arch} (trained)", config, str(checkpoint_dir),
-                                   feature=feature, mean=mean, std=std))
+            specs.append(EmbedSpec("student", f"{who}{cfg.student.arch} (trained)", config, str(checkpoint_dir),
+                                   feature=feature, mean=mean, std=std, student=student))
         elif m == "untrained":
-            specs.append(EmbedSpec("student", f"student {cfg.student.arch} (untrained)", config, None,
+            specs.append(EmbedSpec("student", f"{who}{cfg.student.arch} (untrained)", config, None,
                                    feature=feature, mean=mean, std=std))
         elif m == "teacher":
             specs.append(EmbedSpec("teacher", f"teacher {cfg.teacher.kind}", config, feature=feature))
@@ -125,9 +127,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
              feature: str = "auto", ks: Sequence[int] = KNN_KS, temperature: float = 0.07,
              linear_kwargs: dict | None = None, lowshot_kwargs: dict | None = None, max_images: int | None = None,
              batch_size: int = 128, num_actors: int = 1, out_dir: str | Path | None = None, plots: bool = True,
-             verbose: bool = True) -> dict[str, Any]:
+             verbose: bool = True, student: str | None = None) -> dict[str, Any]:
     """Evaluate `models` of the run/checkpoint `checkpoint` on `data` (train/ -> val/); write
-    `eval.json`, `eval.md` and PNG plots into `out_dir` (default `<run>/eval`). Returns the results."""
+    `eval.json`, `eval.md` and PNG plots into `out_dir` (default `<run>/eval`, `<run>/eval_<student>` for a
+    named student of a multi-student run). `student`: which student of a multi-student run (default the
+    first). Returns the results."""
     from rob_ray.methods.models import input_normalisation
     from rob_ray.train.checkpoint import load_state
 
@@ -138,12 +142,19 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
         raise EvalInputError(f"engine '{engine}' is unknown; choose ray or local")
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(checkpoint)
-    cfg = Config.model_validate(load_state(ckpt)["config"])
+    state = load_state(ckpt)
+    cfg = Config.model_validate(state["config"])
+    name = ""
+    if cfg.students or student:
+        from rob_ray.train.students import pick_student
+
+        name, cfg, _ = pick_student(cfg, state, student)  # that student's own resolved config
+    del state
     run_dir = find_run_dir(ckpt)
     tables = labelled_splits(data, max_images)
     size = size or cfg.augment.global_size
     # The teacher's normalisation is the student's input normalisation (an EMA teacher's: ImageNet's).
-    specs = model_specs(cfg, ckpt, models, input_normalisation(cfg), feature)
+    specs = model_specs(cfg, ckpt, models, input_normalisation(cfg), feature, student=name)
     if engine == "ray":
         from rob_ray.train.launch import init_ray
 
@@ -152,7 +163,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
     results: dict[str, Any] = {
         "checkpoint": str(ckpt), "run_dir": str(run_dir), "data": str(Path(data).resolve()), "size": size,
         "protocols": list(protocols), "knn_temperature": temperature, "engine": engine, "feature": feature,
-        "classes": tables[0].classes, "models": {},
+        "classes": tables[0].classes, "models": {}, **({"student": name} if name else {}),
     }
     for spec in specs:
         t1 = time.perf_counter()
@@ -167,7 +178,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, *, protocols: Sequence[st
                   flush=True)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["table"] = markdown_table(results)
-    out = Path(out_dir) if out_dir else run_dir / "eval"
+    out = Path(out_dir) if out_dir else run_dir / (f"eval_{name}" if name else "eval")
     results["out_dir"] = str(out)
     write_results(results, out, plots=plots)
     return results

@@ -26,17 +26,18 @@ class BestCheckpoint:
         run_dir: the run folder.
         metric: metric name (e.g. `online_knn_top1`, `loss`); steps whose metrics lack it are ignored.
         mode: "max" or "min".
+        name: a student of a multi-student run: its own `<run_dir>/best_<name>` (default: `best`).
     """
 
-    def __init__(self, run_dir: str | Path, metric: str, mode: str = "max") -> None:
-        self.dir = Path(run_dir) / "best"
+    def __init__(self, run_dir: str | Path, metric: str, mode: str = "max", name: str = "") -> None:
+        self.dir = Path(run_dir) / (f"best_{name}" if name else "best")
         self.metric, self.mode = metric, mode
         self.best = self._recorded()
         self.seen = False
 
     def _recorded(self) -> float | None:
         """The value recorded by an earlier launch of this run (resume keeps the best so far)."""
-        for d in (self.dir, self.dir.with_name(".best_old")):  # .best_old: a crash mid-swap
+        for d in (self.dir, self.dir.with_name(f".{self.dir.name}_old")):  # .best_old: a crash mid-swap
             try:
                 meta = json.loads((d / META_FILE).read_text())
                 return float(meta[self.metric])
@@ -59,7 +60,7 @@ class BestCheckpoint:
         self.seen = True
         if not self.better(float(value)):
             return False
-        tmp, old = self.dir.with_name(".best_tmp"), self.dir.with_name(".best_old")
+        tmp, old = self.dir.with_name(f".{self.dir.name}_tmp"), self.dir.with_name(f".{self.dir.name}_old")
         shutil.rmtree(tmp, ignore_errors=True)
         save_state(tmp, state, {"step": step, self.metric: float(value), "metric": self.metric, "mode": self.mode})
         shutil.rmtree(old, ignore_errors=True)

@@ -57,6 +57,10 @@ def worker_threads(cfg: Config) -> int:
 
 def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any]:
     """Train (or resume) until the configured number of steps; returns the final metrics."""
+    if cfg.students:  # several students, one teacher pass per step
+        from rob_ray.train.students import train_students
+
+        return train_students(cfg, ctx, num_images)
     device = ctx.device
     is_cuda = device.type == "cuda"
     if not is_cuda:

@@ -20,7 +20,7 @@ __all__ = ["RESUME_KEYS", "changed_keys", "check_resumable"]
 
 # Settings a checkpoint's tensors (student, head, optimiser state, method buffers) depend on.
 # Everything else (epochs, LR, workers, data path, ...) may change between launches.
-RESUME_KEYS = ("student", "teacher", "method", "optim.optimizer")
+RESUME_KEYS = ("student", "teacher", "method", "optim.optimizer", "students")
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,7 +54,9 @@ def check_resumable(cfg: Config, run_dir: str | Path) -> None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):  # reported, never guessed at
         raise ConfigError(f"config error: run folder '{run_dir}' has an unreadable config.yaml; choose a new "
                           "run.name (or move that folder away)") from None
-    diffs = changed_keys(old if isinstance(old, dict) else {}, config_to_dict(cfg))
+    old = old if isinstance(old, dict) else {}
+    old.setdefault("students", [])  # written before multi-student runs existed: one student
+    diffs = changed_keys(old, config_to_dict(cfg))
     if diffs:
         shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise ConfigError(

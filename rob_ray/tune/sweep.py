@@ -1,6 +1,10 @@
 """Ray Tune over Ray Train V2: each trial is a Tune function that fits its own TorchTrainer and
 forwards the trainer's reports to Tune (`TuneReportCallback`); ASHA stops weak trials.
 
+A search space of student-side keys only (`rob_ray.tune.groups.teacher_shared`) takes the other path:
+its sampled configurations train as multi-student runs that share one teacher pass per step, one group
+run after another (`run_grouped_sweep`); the outputs are the same files, one trial row per configuration.
+
 Resources are planned up front so that a sweep can never wait forever on a small cluster:
 each trial needs its training workers plus their Ray Data actors plus a sliver for the trial
 function; concurrency is capped to what the cluster holds, and a sweep that cannot fit even one
@@ -24,7 +28,7 @@ from rob_ray.train.launch import fit, init_ray, resource_plan
 from rob_ray.tune.outputs import best_trial, write_best_config, write_sweep_plot, write_trials_csv
 from rob_ray.tune.space import check_space, resolve_trial_config, to_tune_space
 
-__all__ = ["SweepResult", "one_line_reason", "plan_concurrency", "run_sweep"]
+__all__ = ["SweepResult", "one_line_reason", "plan_concurrency", "run_grouped_sweep", "run_sweep"]
 
 
 class SweepResult(dict):
@@ -86,6 +90,13 @@ def run_sweep(cfg: Config) -> SweepResult:
         raise ConfigError("config error: tune.search_space is empty; add e.g. optim.lr: {loguniform: [1.0e-4, 3.0e-3]}")
     base = config_to_dict(cfg)
     parsed = check_space(base, cfg.tune.search_space)
+    from rob_ray.tune.groups import teacher_shared
+
+    shared, why = teacher_shared(cfg, list(parsed))
+    print(f"[rob_ray] sweep path: {'shared teacher (multi-student runs)' if shared else 'one run per trial'}: {why}",
+          flush=True)
+    if shared:
+        return run_grouped_sweep(cfg, parsed)
     table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
                         cfg.data.parquet_label_column, cfg.data.max_images)
     init_ray(cfg)
@@ -112,6 +123,33 @@ def run_sweep(cfg: Config) -> SweepResult:
         )
     results = tuner.fit()
     return write_outputs(cfg, base, results, sweep_dir, num_images=len(table))
+
+
+def run_grouped_sweep(cfg: Config, parsed: dict[str, Any]) -> SweepResult:
+    """The shared-teacher path: sample the configurations, train them `tune.students_per_run` at a time as
+    multi-student runs (`<sweep>/groups/group_<i>`, one after another, each with the whole cluster; stable
+    names, so re-running the sweep resumes them), then write the per-trial outputs."""
+    from rob_ray.tune.groups import group_config, sample_configs, trial_records
+
+    base = config_to_dict(cfg)
+    samples = [(f"c{i:03d}", v) for i, v in enumerate(sample_configs(parsed, cfg.tune.num_samples, cfg.seed))]
+    table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column,
+                        cfg.data.parquet_label_column, cfg.data.max_images)
+    sweep_dir = Path(cfg.run.storage_path).expanduser().resolve() / cfg.run.name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    size = cfg.tune.students_per_run
+    trials = []
+    for g in range(0, len(samples), size):
+        group = samples[g: g + size]
+        gcfg = group_config(base, group, f"group_{g // size}", str(sweep_dir / "groups"))
+        error = ""
+        try:
+            fit(gcfg, table=table)
+        except Exception as exc:  # a failed group: its trials are ERROR rows (as a failed Tune trial)
+            error = one_line_reason(exc)
+            print(f"[rob_ray] warning: group run {gcfg.run.name} failed: {error}", flush=True)
+        trials += trial_records(sweep_dir / "groups" / gcfg.run.name, group, _total_steps(gcfg, len(table)), error)
+    return _write_trials(cfg, base, trials, sweep_dir, extra={"path": "shared_teacher", "groups": -(-len(samples) // size)})
 
 
 def one_line_reason(err: BaseException) -> str:
@@ -149,7 +187,12 @@ def write_outputs(cfg: Config, base: dict[str, Any], results: Any, sweep_dir: Pa
                        "history": history, "status": "ERROR" if r.error else "TERMINATED",
                        "reason": one_line_reason(r.error) if r.error else "",
                        "total_steps": _total_steps(resolve_trial_config(base, params), num_images)})
-    out = SweepResult(sweep_dir=str(sweep_dir), trials=len(trials),
+    return _write_trials(cfg, base, trials, sweep_dir, extra={"path": "per_trial"})
+
+
+def _write_trials(cfg: Config, base: dict[str, Any], trials: list[dict[str, Any]], sweep_dir: Path,
+                  extra: dict[str, Any]) -> SweepResult:
+    out = SweepResult(**extra, sweep_dir=str(sweep_dir), trials=len(trials),
                       failed=[{"trial_id": t["trial_id"], "reason": t["reason"]} for t in trials if t["status"] == "ERROR"])
     out["trials_csv"] = str(write_trials_csv(trials, cfg.tune.metric, cfg.tune.mode, sweep_dir / "trials.csv"))
     out["sweep_png"] = str(write_sweep_plot(trials, cfg.tune.metric, sweep_dir / "sweep.png"))

@@ -27,7 +27,8 @@ def _sweep_args(data, storage, name):
             "scaling.num_workers=1", "scaling.cpus_per_worker=0.3", "data.cpus_per_actor=0.3", "scaling.ray_num_cpus=2",
             "run.log_every_steps=3", "run.checkpoint_every_steps=6",
             f"tune.search_space={{optim.lr: {{grid: {LRS}}}}}", "tune.num_samples=1", "tune.metric=loss",
-            "tune.mode=min", "tune.grace_period=1", "tune.reduction_factor=2", "tune.max_concurrent_trials=3"]
+            "tune.mode=min", "tune.grace_period=1", "tune.reduction_factor=2", "tune.max_concurrent_trials=3",
+            "tune.share_teacher=false"]  # optim.lr alone would share the teacher: this tests the per-trial path
 
 
 def _run_cli(args):
@@ -75,3 +76,23 @@ def test_sweep_outputs_asha_and_resume(small_folder, tmp_path):
     png = (sweep_dir / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     print(f"resumed sweep finished in {time.time() - t0:.0f}s")
+
+
+@pytest.mark.timeout(HANG_TIMEOUT_S)
+def test_student_side_sweep_shares_the_teacher_and_cuts_the_weak_student(small_folder, tmp_path):
+    sweep_dir = tmp_path / "runs" / "gs"
+    args = [a for a in _sweep_args(small_folder, tmp_path / "runs", "gs") if a != "tune.share_teacher=false"]
+    proc = _run_cli(args)
+    out, _ = proc.communicate(timeout=HANG_TIMEOUT_S)
+    assert proc.returncode == 0, out[-4000:]
+    assert "sweep path: shared teacher (multi-student runs)" in out
+    assert [p.name for p in (sweep_dir / "groups").iterdir()] == ["group_0"]  # one run for the four trials
+    assert not (sweep_dir / "trials").exists()
+    rows = _rows(sweep_dir)
+    assert len(rows) == 4 and sorted(float(r["optim.lr"]) for r in rows) == sorted(LRS)
+    bad = next(r for r in rows if float(r["optim.lr"]) == 1e-9)
+    good = [r for r in rows if float(r["optim.lr"]) == 0.5]
+    assert bad["stopped_early"] == "True" and int(bad["steps_run"]) < 24
+    assert all(r["stopped_early"] == "False" and int(r["steps_run"]) == 24 for r in good)
+    assert len({r["final_loss"] for r in good}) == 1  # the same config trained beside others: the same result
+    assert load_config(sweep_dir / "best_config.yaml").optim.lr == 0.5
