@@ -104,8 +104,8 @@ def test_plan_leaves_the_data_actors_their_cpus_in_floats_too():
     # ("Cluster resources are not enough ... may hang forever") although Ray itself places it.
     from rob_ray.train.plan import NodeShape, resource_plan
 
-    for decode_ms in (0.5, 5.0, 9.0, 13.0, 20.0):
+    for decode_ms, threads in ((0.5, 2), (5.0, 2), (9.0, 2), (13.0, 1), (20.0, 1)):
         plan = resource_plan(load_config(None, ["augment.crops_on=data_actors"]), NodeShape(cpus=2), decode_ms=decode_ms)
         data = plan["data_actors_per_worker"] * plan["cpus_per_actor"]
         assert 2.0 - plan["cpus_per_worker"] >= data and plan["total_cpus"] <= 2.0 + 1e-9
-        assert plan["torch_threads"] == round(plan["cpus_per_worker"])
+        assert plan["torch_threads"] == threads  # the worker's CPUs (1.9, 1.6, 1.25, 1.0) rounded up
