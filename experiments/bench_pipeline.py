@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step(views, i), plain(i)
     alternate(0)
     # The two placements' crop work alone: batched in the worker (ViewsBuilder on a decoded batch), and
-    # per image in one data actor (decode + every crop).
+    # in one data actor (read + decode + shrink + draw + the batch's crops, one thread).
     placed = {k: build_policy(cfg.augment.model_copy(update={"crops_on": k})) for k in ("worker", "data_actors")}
     mapper = MultiCropMapper(table, placed["worker"], SampleSchedule(len(table), 1, b, cfg.optim.epochs, cfg.seed), 0)
     batches = list(mapper.iter_local(0, 4))
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     plain_row = row("plain PyTorch loop, end to end (hand-written)", *rate("plain"))
     row("rob_ray batched crops alone (ViewsBuilder, crops_on=worker)", _rate(t_aug, b), "decoded batch in")
     row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
-    row("one data actor, crops_on=data_actors: decode + crops per image", 1000 / per_image_ms, "1 core")
+    row("one data actor, crops_on=data_actors: decode + batched crops", 1000 / per_image_ms, "1 thread")
     checks: dict[str, Any] = {}
     if e2e is not None:
         r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),

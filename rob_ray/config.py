@@ -106,10 +106,11 @@ class AugmentConfig(StrictModel):
     solarize_prob: tuple[float, float, float] = (0.0, 0.2, 0.0)
     crops_on: Literal["auto", "worker", "data_actors"] = Field(
         "auto", description="where the crops are made: worker = batched in the training worker, on its device "
-        "(Ray Data actors only read, decode and shrink); data_actors = per image in the Ray Data actors; auto = "
+        "(Ray Data actors only read, decode, shrink and draw); data_actors = batched in each Ray Data actor, "
+        "shipped as uint8 views; auto = "
         "worker on GPU workers, data_actors on CPU workers (the faster of the two on each, measured)")
-    image_size: int = Field(256, ge=8, description="crops_on=worker: images are shrunk to fit this square (never "
-                            "enlarged) before they travel to the worker")
+    image_size: int = Field(256, ge=8, description="images are shrunk to fit this square (never enlarged) before "
+                            "they are cropped (crops_on=worker: before they travel to the worker)")
 
     @model_validator(mode="before")
     @classmethod

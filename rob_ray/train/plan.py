@@ -3,7 +3,7 @@ how many torch threads a worker runs — sized to the work, with the reasons.
 
 Rule (per training worker, on a node of C CPUs and G GPUs holding k workers, `share` = C / k):
 - the data actors need `rate x cost` CPUs: `cost` is the CPU time per image of what they do
-  (read + decode + shrink + draw with `augment.crops_on=worker`; + every crop per image with
+  (read + decode + shrink + draw with `augment.crops_on=worker`; + the batch's crops with
   `data_actors`), measured on a few images of the run's data when the caller can (`measure_decode_ms`);
   `rate` is what one worker is expected to consume: ~`CPU_IMG_PER_S_PER_CORE` per core of its
   share on CPU, `GPU_IMG_PER_S` on a GPU (an H100 on the anchor config; over-estimating it costs
@@ -33,7 +33,8 @@ __all__ = ["CPU_IMG_PER_S_PER_CORE", "DEFAULT_DECODE_MS", "GPU_IMG_PER_S", "MIN_
 CPU_IMG_PER_S_PER_CORE = 40.0  # the demo step (Lite0 -> ResNet-10-T, 2x64 + 4x32 px) measured ~81 img/s on 2 cores
 GPU_IMG_PER_S = 3000.0  # the anchor config's end-to-end target on one H100/H200
 MIN_ACTOR_CPUS = 0.1
-DEFAULT_DECODE_MS = {"worker": 2.0, "data_actors": 25.0}  # when no image could be measured (224 px JPEG, DINO crops)
+# When no image could be measured: a 500x375 JPEG with DINO's crops measured 2.0 and 26.6 ms (one thread).
+DEFAULT_DECODE_MS = {"worker": 2.0, "data_actors": 25.0}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     remote_actors = bool(d.actor_resources)  # pinned to data nodes: the worker's node is all its own
     cost = decode_ms if decode_ms is not None else DEFAULT_DECODE_MS[a.crops_on]
     work = ("read + decode + shrink + draw" if a.crops_on == "worker"
-            else "read + decode + every crop, per image")
+            else "read + decode + shrink + draw + the batch's crops")
     why.append(f"augment.crops_on={a.crops_on} (auto: data_actors for CPU workers, worker for GPU workers): "
                f"data actors {work}: {cost:.2g} ms CPU per image "
                f"({decode_source or 'default estimate, not measured'})")
