@@ -1,6 +1,7 @@
 """The RoB training loop, run by every worker (Ray Train) or in-process (LocalContext).
 
-Set-up from the config (models, method, optimiser, schedules, resume), then per step: the next
+Set-up from the config (models, method, optimiser, schedules, resume; the pieces it shares with the
+multi-student loop live in `rob_ray.train.setup`), then per step: the next
 `BuiltViews` (`rob_ray.data.views`: crops made in this worker — batched, on its device — or
 uint8 views from the data actors, normalised with the *teacher's* statistics; step t+1's are
 prepared while step t computes) -> `TrainStep` (`rob_ray.train.step`: the method, backward,
@@ -10,7 +11,6 @@ checkpoints. Everything needed to continue lives in the checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any
@@ -18,41 +18,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from rob_ray.checks.memory import uses_bf16
 from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
-from rob_ray.data.schedule import SampleSchedule
-from rob_ray.data.views import ViewsBuilder, ViewStream
-from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
-from rob_ray.train.elastic import global_mean, rank_share, resize_note
-from rob_ray.train.faults import FaultInjector, NonFiniteGuard
+from rob_ray.train.elastic import global_mean
+from rob_ray.train.faults import NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
-from rob_ray.train.preemption import PreemptionWatch
 from rob_ray.train.rank_state import gather_rank_state, restore_rank_state
-from rob_ray.train.schedules import cosine_schedule
-from rob_ray.train.step import TrainStep, make_optimizer, param_groups
-from rob_ray.train.timing import StageClock, allreduce_timing_hook, flops_per_image, mfu
+from rob_ray.train.setup import (
+    device_setup,
+    distributed,
+    epoch_evaluator,
+    optim_schedules,
+    optimizer_for,
+    resume_position,
+    step_range,
+    view_stream,
+    watchers,
+    worker_threads,
+)
+from rob_ray.train.step import TrainStep, param_groups
+from rob_ray.train.timing import StageClock, flops_per_image, mfu
 
 __all__ = ["build_optimizer", "param_groups", "train_loop", "worker_threads"]
 
 
 def build_optimizer(cfg: Config, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
-    return make_optimizer(model, cfg.optim.optimizer, momentum=cfg.optim.momentum, fused=fused)
-
-
-def worker_threads(cfg: Config) -> int:
-    """Torch intra-op threads of a CPU training worker: `scaling.torch_threads`, else its CPUs
-    rounded; the launch plan fills both in (`rob_ray.train.plan`), and plans here when unset."""
-    if cfg.scaling.torch_threads:
-        return cfg.scaling.torch_threads
-    if cfg.scaling.cpus_per_worker is not None:
-        return max(1, round(cfg.scaling.cpus_per_worker))
-    from rob_ray.train.plan import resource_plan
-
-    return int(resource_plan(cfg)["torch_threads"])
+    return optimizer_for(cfg.optim, model, fused=fused)
 
 
 def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any]:
@@ -61,42 +55,27 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         from rob_ray.train.students import train_students
 
         return train_students(cfg, ctx, num_images)
-    device = ctx.device
-    is_cuda = device.type == "cuda"
-    if not is_cuda:
-        torch.set_num_threads(worker_threads(cfg))
+    dev = device_setup(cfg, ctx)  # rob_ray.train.setup: the set-up this loop shares with train_students
+    device, is_cuda, autocast, channels_last = dev.device, dev.is_cuda, dev.autocast, dev.channels_last
     torch.manual_seed(cfg.seed)  # same initial student on every rank (DDP also broadcasts it)
-    use_bf16 = uses_bf16(cfg.run.precision, is_cuda)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    channels_last = cfg.run.channels_last
 
     teacher, student = build_models(cfg)  # the method decides: pretrained teacher, or an EMA of the student
     teacher, student = teacher.to(device), student.to(device)
-    if use_bf16 and is_cuda and needs_pretrained_teacher(cfg.method):
+    if dev.use_bf16 and is_cuda and needs_pretrained_teacher(cfg.method):
         teacher = teacher.to(torch.bfloat16)  # frozen: bf16 weights skip autocast's per-step casts
     method = build_method(cfg.method, teacher, student).to(device)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
     policy = build_policy(cfg.augment)
-    # One global batch per step, split over the workers present (rob_ray.train.elastic).
-    schedule = SampleSchedule(num_images, ctx.world_size, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed,
-                              cfg.global_batch())
-    share = rank_share(schedule, ctx.rank)
-    total = schedule.total_steps
-    end = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
-    spe = schedule.steps_per_epoch
-    method.set_schedule(total, spe)
-    global_batch = schedule.global_batch_size
-    lr_sched = cosine_schedule(cfg.optim.lr * global_batch / 256, cfg.optim.min_lr, total,
-                               int(cfg.optim.warmup_epochs * spe))
-    wd_sched = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, total)
+    steps = step_range(cfg, ctx, num_images)
+    share, end, spe, global_batch = steps.share, steps.end, steps.spe, steps.global_batch
+    method.set_schedule(steps.total, spe)
+    lr_sched, wd_sched = optim_schedules(cfg.optim, steps)
     optimizer = build_optimizer(cfg, student, fused=is_cuda)
 
     start, skipped = 0, 0
-    faults = FaultInjector.from_config(cfg.debug, ctx.run_dir, ctx.rank)
-    preempt = PreemptionWatch(ctx.preemption_probe(), cfg.run.preemption_check_every_steps, cfg.debug.preempt_at_step,
-                              ctx.run_dir, ctx.rank, cfg.debug.fail_mode)
+    faults, preempt = watchers(cfg, ctx)
     guard = NonFiniteGuard(cfg.run.max_nonfinite_steps, ctx.world_size)
     best = BestCheckpoint(ctx.run_dir, cfg.run.checkpoint_score_metric, cfg.run.checkpoint_score_mode) \
         if cfg.run.checkpoint_score_metric and ctx.rank == 0 else None
@@ -111,22 +90,14 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
         torch.set_rng_state(state["rng"]["torch"])
         if is_cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
-        # The saved count is the all-ranks total: restore it on one rank only.
-        start, skipped = int(state["step"]), int(state["skipped_images"]) if ctx.rank == 0 else 0
+        start, skipped = resume_position(state, ctx, steps)
         guard.load_state_dict(state.get("nonfinite"))
-        if ctx.rank == 0:
-            print(f"[rob_ray] resumed from step {start} (epoch {start // spe})", flush=True)
-            if note := resize_note(state.get("world_size"), ctx.world_size, start, schedule):
-                print(f"[rob_ray] {note}", flush=True)
 
     clock = StageClock(device)  # per-stage device times, read at logging steps only
     flops_image = flops_per_image(method, teacher, student, policy, device, autocast)
-    model: nn.Module = student
-    if ctx.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if is_cuda else None)
-        model.register_comm_hook(None, allreduce_timing_hook(clock))
+    model = distributed(student, ctx, dev, clock)
     run_teacher, run_student = teacher, model
-    if cfg.run.compile if cfg.run.compile is not None else is_cuda:
+    if dev.compile:
         # Static shapes (fixed batch per worker, drop_last, unreadable rows kept): one graph per module.
         run_teacher, run_student = torch.compile(teacher, dynamic=False), torch.compile(model, dynamic=False)
     train_step = TrainStep(method, student, optimizer, lr=lr_sched, weight_decay=wd_sched, clip_grad=cfg.optim.clip_grad,
@@ -135,14 +106,10 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     timer = StageTimer()
-    epoch_eval = EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device, mean=teacher.mean,
-                                std=teacher.std, size=cfg.augment.global_size, steps_per_epoch=spe, end_step=end,
-                                channels_last=channels_last)
+    epoch_eval = epoch_evaluator(cfg, ctx, dev, teacher, steps)
     g_views, metrics = policy.num_global, {}
     window_t0, step_images = time.perf_counter(), 0
-    views_in = ViewStream(ctx.batches(policy, schedule, start, end),
-                          ViewsBuilder(policy, teacher.mean, teacher.std, device, channels_last, seed=cfg.seed),
-                          clock=clock, timer=timer)
+    views_in = view_stream(ctx, policy, steps, start, teacher, dev, cfg.seed, clock, timer)
     student.train()
     for step in range(start, end):
         built = next(views_in)  # data/wait and augment stages are timed inside the stream

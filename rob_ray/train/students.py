@@ -29,24 +29,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from rob_ray.checks.memory import uses_bf16
 from rob_ray.config import Config, config_to_dict, student_configs
 from rob_ray.data.policy import build_policy
-from rob_ray.data.schedule import SampleSchedule
-from rob_ray.data.views import ViewsBuilder, ViewStream
 from rob_ray.errors import CheckpointError, ConfigError
 from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
-from rob_ray.train.elastic import global_mean, rank_share, resize_note
-from rob_ray.train.faults import FaultInjector, NonFiniteGuard
+from rob_ray.train.elastic import global_mean
+from rob_ray.train.faults import NonFiniteGuard
 from rob_ray.train.metrics import MetricsWriter, StageTimer, distribution_stats
-from rob_ray.train.preemption import PreemptionWatch
 from rob_ray.train.rank_state import gather_rank_state, restore_rank_state
-from rob_ray.train.schedules import cosine_schedule
-from rob_ray.train.step import TrainStep, make_optimizer
-from rob_ray.train.timing import StageClock, allreduce_timing_hook, flops_per_image, mfu
+from rob_ray.train.setup import (
+    device_setup,
+    distributed,
+    epoch_evaluator,
+    optim_schedules,
+    optimizer_for,
+    resume_position,
+    step_range,
+    view_stream,
+    watchers,
+)
+from rob_ray.train.step import TrainStep
+from rob_ray.train.timing import StageClock, flops_per_image, mfu
 
 __all__ = ["SharedTeacher", "StudentRun", "pick_student", "students_plan", "students_table", "train_students"]
 
@@ -287,20 +293,14 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
     (`rob_ray.tune.groups.RungStopper`); else none.
     """
     from rob_ray.models import build_teacher
-    from rob_ray.train.loop import worker_threads
 
     _check(cfg)
     if drop is None and cfg.tune.stop_students_early:
         from rob_ray.tune.groups import RungStopper
 
         drop = RungStopper.from_config(cfg)
-    device = ctx.device
-    is_cuda = device.type == "cuda"
-    if not is_cuda:
-        torch.set_num_threads(worker_threads(cfg))
-    use_bf16 = uses_bf16(cfg.run.precision, is_cuda)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    channels_last = cfg.run.channels_last
+    dev = device_setup(cfg, ctx)  # rob_ray.train.setup: the set-up train_loop does, shared
+    device, is_cuda, autocast, channels_last = dev.device, dev.is_cuda, dev.autocast, dev.channels_last
 
     with torch.random.fork_rng(devices=[]):  # as build_models: the teacher does not consume the seed's stream
         teacher = build_teacher(cfg.teacher)
@@ -310,19 +310,13 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
         _, student = build_models(scfg, teacher=teacher)
         built.append((name, scfg, student, torch.get_rng_state()))
     teacher = teacher.to(device)
-    if use_bf16 and is_cuda:
+    if dev.use_bf16 and is_cuda:
         teacher = teacher.to(torch.bfloat16)
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
     policy = build_policy(cfg.augment)
-    # One global batch per step, split over the workers present (as train_loop: rob_ray.train.elastic).
-    schedule = SampleSchedule(num_images, ctx.world_size, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed,
-                              cfg.global_batch())
-    share = rank_share(schedule, ctx.rank)
-    total = schedule.total_steps
-    end = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
-    spe = schedule.steps_per_epoch
-    global_batch = schedule.global_batch_size
+    steps = step_range(cfg, ctx, num_images)  # as train_loop: one global batch per step (rob_ray.train.elastic)
+    share, end, spe, global_batch = steps.share, steps.end, steps.spe, steps.global_batch
 
     runs: list[StudentRun] = []
     for name, scfg, student, rng in built:
@@ -333,13 +327,11 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
         method = build_method(scfg.method, teacher, student).to(device)
         if channels_last:
             student = student.to(memory_format=torch.channels_last)
-        method.set_schedule(total, spe)
+        method.set_schedule(steps.total, spe)
         run = StudentRun(name, scfg, student, method, torch.get_rng_state(),
                          torch.cuda.get_rng_state() if is_cuda else None)
-        o = scfg.optim
-        run.lr = cosine_schedule(o.lr * global_batch / 256, o.min_lr, total, int(o.warmup_epochs * spe))
-        run.wd = cosine_schedule(o.weight_decay, o.weight_decay_end, total)
-        run.optimizer = make_optimizer(student, o.optimizer, momentum=o.momentum, fused=is_cuda)
+        run.lr, run.wd = optim_schedules(scfg.optim, steps)
+        run.optimizer = optimizer_for(scfg.optim, student, fused=is_cuda)
         run.guard = NonFiniteGuard(cfg.run.max_nonfinite_steps, ctx.world_size)
         if cfg.run.checkpoint_score_metric and ctx.rank == 0:
             run.best = BestCheckpoint(ctx.run_dir, cfg.run.checkpoint_score_metric, cfg.run.checkpoint_score_mode,
@@ -347,9 +339,7 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
         runs.append(run)
 
     start, skipped = 0, 0
-    faults = FaultInjector.from_config(cfg.debug, ctx.run_dir, ctx.rank)
-    preempt = PreemptionWatch(ctx.preemption_probe(), cfg.run.preemption_check_every_steps, cfg.debug.preempt_at_step,
-                              ctx.run_dir, ctx.rank, cfg.debug.fail_mode)
+    faults, preempt = watchers(cfg, ctx)
     state = ctx.load_latest()
     if state is not None:
         for run in runs:
@@ -357,30 +347,20 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
             note = run.load(entry, ctx.rank, ctx.world_size)
             if note and ctx.rank == 0:
                 print(f"[rob_ray] note: {run.name}: {note}", flush=True)
-        start, skipped = int(state["step"]), int(state["skipped_images"]) if ctx.rank == 0 else 0
-        if ctx.rank == 0:
-            print(f"[rob_ray] resumed {len(runs)} students from step {start} (epoch {start // spe})", flush=True)
-            if note := resize_note(state.get("world_size"), ctx.world_size, start, schedule):
-                print(f"[rob_ray] {note}", flush=True)
+        start, skipped = resume_position(state, ctx, steps, f"{len(runs)} students ")
 
-    compile_on = cfg.run.compile if cfg.run.compile is not None else is_cuda
-    shared = SharedTeacher(teacher, torch.compile(teacher, dynamic=False) if compile_on else teacher)
+    shared = SharedTeacher(teacher, torch.compile(teacher, dynamic=False) if dev.compile else teacher)
     for run in runs:
         run.clock = StageClock(device)
         run.flops = flops_per_image(run.method, teacher, run.student, policy, device, autocast)
         object.__setattr__(run.method, "teacher", shared)  # direct teacher calls of the method are shared too
-        model: nn.Module = run.student
-        if ctx.world_size > 1:
-            model = nn.parallel.DistributedDataParallel(run.student, device_ids=[device.index] if is_cuda else None)
-            model.register_comm_hook(None, allreduce_timing_hook(run.clock))
-        run_student = torch.compile(model, dynamic=False) if compile_on else model
+        model = distributed(run.student, ctx, dev, run.clock)
+        run_student = torch.compile(model, dynamic=False) if dev.compile else model
         run.train_step = TrainStep(run.method, run.student, run.optimizer, lr=run.lr, weight_decay=run.wd,
                                    clip_grad=run.cfg.optim.clip_grad, run_teacher=shared, run_student=run_student,
                                    autocast=autocast, guard=run.guard, clock=run.clock,
                                    loss_hook=lambda loss, i: faults.poison(loss, i + 1))
-        run.evaluator = EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device,
-                                       mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
-                                       steps_per_epoch=spe, end_step=end, channels_last=channels_last)
+        run.evaluator = epoch_evaluator(cfg, ctx, dev, teacher, steps)
         run.student.train()
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
@@ -388,10 +368,7 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
     stream_clock = StageClock(device)
     g_views, metrics = policy.num_global, {}
     window_t0, step_images = time.perf_counter(), 0
-    views_in = ViewStream(ctx.batches(policy, schedule, start, end),
-                          ViewsBuilder(policy, teacher.mean, teacher.std, device, channels_last, seed=cfg.seed),
-                          clock=stream_clock,
-                          timer=timer)
+    views_in = view_stream(ctx, policy, steps, start, teacher, dev, cfg.seed, stream_clock, timer)
     step_s = 0.0
     for step in range(start, end):
         built_views = next(views_in)
