@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_table(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)  # checkpoints of every run: hundreds of MB, measured already
     return result
 
 
@@ -260,6 +262,7 @@ def sweep_main(args: argparse.Namespace) -> dict[str, Any]:
     print_sweep_table(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)  # every trial's checkpoints (~650 MB for the full sweep), measured already
     return result
 
 
