@@ -23,7 +23,7 @@ from rob_ray.config import Config, config_to_dict
 from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.views import ViewsBuilder, ViewStream
-from rob_ray.eval.online import EpochEvaluator
+from rob_ray.eval.background import build_epoch_evaluator
 from rob_ray.methods import build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
 from rob_ray.train.context import TrainContext
@@ -135,9 +135,10 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     timer = StageTimer()
-    epoch_eval = EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device, mean=teacher.mean,
-                                std=teacher.std, size=cfg.augment.global_size, steps_per_epoch=spe, end_step=end,
-                                channels_last=channels_last)
+    epoch_eval = build_epoch_evaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device,
+                                       mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
+                                       steps_per_epoch=spe, end_step=end, channels_last=channels_last, best=best,
+                                       config=config_to_dict(cfg))  # eval.online_knn_mode: inline or async
     g_views, metrics = policy.num_global, {}
     window_t0, step_images = time.perf_counter(), 0
     views_in = ViewStream(ctx.batches(policy, schedule, start, end),
@@ -204,7 +205,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 break
             if ckpt_now:
                 payload = _state(cfg, ctx, student, optimizer, method, guard, done, skipped_all, is_cuda)
-                if payload is not None and best is not None:
+                if payload is not None and best is not None and not epoch_eval.keeps_best:
                     best.update(done, payload, metrics)
                 ctx.save(done, payload, metrics)
                 if noticed:

@@ -35,6 +35,7 @@ from rob_ray.data.policy import build_policy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.views import ViewsBuilder, ViewStream
 from rob_ray.errors import CheckpointError, ConfigError
+from rob_ray.eval.background import build_epoch_evaluator
 from rob_ray.eval.online import EpochEvaluator
 from rob_ray.methods import build_method, build_models, needs_pretrained_teacher
 from rob_ray.train.best import BestCheckpoint
@@ -378,9 +379,10 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
                                    clip_grad=run.cfg.optim.clip_grad, run_teacher=shared, run_student=run_student,
                                    autocast=autocast, guard=run.guard, clock=run.clock,
                                    loss_hook=lambda loss, i: faults.poison(loss, i + 1))
-        run.evaluator = EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device,
-                                       mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
-                                       steps_per_epoch=spe, end_step=end, channels_last=channels_last)
+        run.evaluator = build_epoch_evaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device,
+                                              mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
+                                              steps_per_epoch=spe, end_step=end, channels_last=channels_last,
+                                              best=run.best, config=config_to_dict(run.cfg))
         run.student.train()
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
@@ -468,7 +470,7 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
             payload = _state(cfg, ctx, runs, done, skipped_all)
             if ctx.rank == 0:
                 for run in active:
-                    if run.best is not None:
+                    if run.best is not None and not run.evaluator.keeps_best:
                         run.best.update(done, _single_payload(payload, run), {**_shared(metrics), **run.last})
             ctx.save(done, payload, metrics)
             if noticed:
