@@ -18,8 +18,10 @@ under Ray Train (not in-process runs or on a GPU box without Ray). Here the held
 decoded in the worker and the numbers flow through the same metrics as inline evaluation.
 
 At most one evaluation is in flight: an epoch end that finds the previous one still running waits
-for it (training then stalls for the remainder, never more). The last step waits for everything,
-so the final report, the checkpoint and Tune get the last step's result. With
+for it (training then stalls for the remainder, never more), so each result is reported at the
+latest at the next epoch end. The last step waits for everything, so the final report, the
+checkpoint and Tune get the last step's result; the one before it, when still unreported, gets a
+metrics row of its own at its step (`log_row`). With
 `run.checkpoint_score_metric` naming one of these metrics, the best checkpoint is written from the
 evaluated copy (the student's weights at `eval_step`, its step and config), in the background thread.
 A crash loses the evaluation in flight (its step's checkpoint, when one was taken, is unaffected).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -52,13 +55,14 @@ class AsyncEpochEvaluator(EpochEvaluator):
         best: rank 0's `BestCheckpoint` (None elsewhere / when none is kept); updated here when
             its metric is one of `EVAL_METRICS`.
         config: the run's resolved config (a dict), stored in the best checkpoint.
+        log_row: rank 0's metrics-row writer, for a result the last step's report supersedes.
     """
 
     def __init__(self, eval_cfg: Any, *, best: Any = None, config: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 log_row: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(eval_cfg, **kwargs)
         self.best = best if best is not None and best.metric in EVAL_METRICS else None
-        self.config = config
+        self.config, self.log_row = config, log_row
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rob_ray_eval") if self.rank == 0 else None
         self._pending: Future | None = None
         self._ready: list[tuple[int, bool, list[float]]] = []
@@ -79,7 +83,9 @@ class AsyncEpochEvaluator(EpochEvaluator):
                 self.close()  # the final report carries the last step's result
             self._collect()
             if self._ready:
-                step, run_knn, values = self._ready[-1]  # the newest; older ones were printed
+                for older in self._ready[:-1]:  # the last step's predecessor: a row of its own, at its step
+                    self._log_superseded(*older)
+                step, run_knn, values = self._ready[-1]
                 self._ready.clear()
                 row = torch.tensor([1.0, step, float(run_knn), *values], dtype=torch.float64)
         if self.world_size > 1 and torch.distributed.is_initialized():
@@ -90,6 +96,13 @@ class AsyncEpochEvaluator(EpochEvaluator):
         if flag != 1.0:
             return {}
         return {**self._metrics(int(step), bool(run_knn), values), "eval_step": int(step)}
+
+    def _log_superseded(self, step: int, run_knn: bool, values: list[float]) -> None:
+        """A result that finished together with a newer one (only at the last step, which waits for
+        both): the report carries the newer one, `log_row` (rank 0's metrics.jsonl) gets this one."""
+        if self.log_row is not None:
+            self.log_row({"step": step, "epoch": (step - 1) // self.spe, "epochs_done": step / self.spe,
+                          **self._metrics(step, run_knn, values, warn=False), "eval_step": step})
 
     def join(self) -> None:
         """Rank 0: wait until the evaluation in flight (if any) has finished."""
@@ -137,8 +150,8 @@ class AsyncEpochEvaluator(EpochEvaluator):
 
 
 def build_epoch_evaluator(eval_cfg: Any, *, best: Any = None, config: dict[str, Any] | None = None,
-                          **kwargs: Any) -> EpochEvaluator:
+                          log_row: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> EpochEvaluator:
     """The evaluator `eval.online_knn_mode` asks for (async only matters with online k-NN on)."""
     if eval_cfg.online_knn_mode == "async" and eval_cfg.online_knn_every_epochs:
-        return AsyncEpochEvaluator(eval_cfg, best=best, config=config, **kwargs)
+        return AsyncEpochEvaluator(eval_cfg, best=best, config=config, log_row=log_row, **kwargs)
     return EpochEvaluator(eval_cfg, **kwargs)

@@ -138,7 +138,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     epoch_eval = build_epoch_evaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=device,
                                        mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
                                        steps_per_epoch=spe, end_step=end, channels_last=channels_last, best=best,
-                                       config=config_to_dict(cfg))  # eval.online_knn_mode: inline or async
+                                       config=config_to_dict(cfg),  # eval.online_knn_mode: inline or async
+                                       log_row=writer.write if writer is not None else None)
     g_views, metrics = policy.num_global, {}
     window_t0, step_images = time.perf_counter(), 0
     views_in = ViewStream(ctx.batches(policy, schedule, start, end),

@@ -37,11 +37,12 @@ def _evaluators(labelled_root):
                              "eval.online_knn_mode=async"])
     kw = dict(rank=0, world_size=1, device=torch.device("cpu"), mean=(0.5,) * 3, std=(0.5,) * 3, size=24,
               steps_per_epoch=3, end_step=9)
-    return EpochEvaluator(cfg.eval, **kw), build_epoch_evaluator(cfg.eval, **kw)
+    rows = []
+    return EpochEvaluator(cfg.eval, **kw), build_epoch_evaluator(cfg.eval, log_row=rows.append, **kw), rows
 
 
 def test_async_result_is_the_inline_one_reported_later_with_its_step(labelled_root):
-    inline, ev = _evaluators(labelled_root)
+    inline, ev, rows = _evaluators(labelled_root)
     assert isinstance(ev, AsyncEpochEvaluator)
     student, probe = _Pixels(0.01), torch.zeros(1)
     _Pixels.gate.clear()
@@ -56,13 +57,13 @@ def test_async_result_is_the_inline_one_reported_later_with_its_step(labelled_ro
     expected = inline(3, _Pixels(0.01), probe)
     assert {k: got[k] for k in expected} == expected
     assert ev(5, student, probe) == {}  # reported once
-    ev(6, student, probe)
-    ev.join()
-    assert ev(7, student, probe)["online_knn_top1"] == inline(6, _Pixels(0.5), probe)["online_knn_top1"]
+    ev(6, student, probe)  # epoch 2: still unreported when the last step comes
     with torch.no_grad():
         student.shift.fill_(-0.2)
-    last = ev(9, student, probe)  # the last step waits for its own evaluation
+    last = ev(9, student, probe)  # the last step waits for its own evaluation and reports it...
     assert last["eval_step"] == 9 and last == {**inline(9, _Pixels(-0.2), probe), "eval_step": 9}
+    # ...and epoch 2's result gets a metrics row of its own, at its step
+    assert rows == [{"step": 6, "epoch": 1, "epochs_done": 2.0, **inline(6, _Pixels(0.5), probe), "eval_step": 6}]
 
 
 def test_async_run_matches_inline_run(labelled_root, tmp_path):
