@@ -87,11 +87,17 @@ def _quiet_console(verbose: bool = False) -> None:
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
-    """Relative data paths in the shipped configs are relative to the repository root."""
+    """Relative data paths become absolute: from the working directory when they exist there, else from the
+    repository root (the shipped configs' paths). Ray workers run in other directories, so a path that
+    only works from here would fail there ("does not exist" on the worker)."""
     for section, key in (("data", "path"), ("data", "eval_path"), ("eval", "online_knn_path")):
         sec = getattr(cfg, section)
         value = getattr(sec, key)
-        if value and not Path(value).is_absolute() and not Path(value).exists() and (base / value).exists():
+        if not value or Path(value).is_absolute():
+            continue
+        if Path(value).exists():
+            setattr(sec, key, str(Path(value).resolve()))
+        elif (base / value).exists():
             setattr(sec, key, str(base / value))
     return cfg
 

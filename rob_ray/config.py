@@ -535,6 +535,10 @@ class EvalConfig(StrictModel):
     online_knn_every_epochs: int = Field(0, ge=0, description="0 = off; else k-NN every N epochs and at the end")
     online_knn_path: str | None = Field(None, description="labelled ImageFolder with train/ (memory bank) and val/")
     online_knn_max_images: int | None = Field(1000, gt=0, description="cap per split (even spread over classes)")
+    online_knn_mode: Literal["inline", "async"] = Field(
+        "inline", description="inline: the epoch-end evaluation runs in the training step's place (training waits); "
+        "async: rank 0 evaluates a copy of the student in a background thread while training goes on, and the "
+        "result is reported at a later logging step with `eval_step`, the step whose weights it describes")
     k: int = Field(20, ge=1)
     temperature: float = Field(0.07, gt=0)
     collapse_std_ratio: float = Field(0.2, ge=0, description="warn when embedding std < ratio / sqrt(dim)")
@@ -543,7 +547,9 @@ class DebugConfig(StrictModel):
 
     fail_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list, description="1-based steps (as in metrics' step) during which a worker fails once")
-    fail_mode: Literal["raise", "exit"] = Field("raise", description="raise: a Python exception; exit: os._exit(1)")
+    fail_mode: Literal["raise", "exit", "hang"] = Field(
+        "raise", description="raise: a Python exception; exit: os._exit(1); hang (fail_at_steps only): the worker "
+        "stops and waits until something kills it, as a machine being taken away (tests remove its node)")
     fail_rank: int = Field(0, ge=0, description="the worker rank that fails")
     nonfinite_at_steps: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list, description="1-based steps whose loss is replaced by NaN (every attempt)")

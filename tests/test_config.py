@@ -159,3 +159,18 @@ def test_worker_ranges_and_the_global_batch():
     fixed = load_config(None, ["scaling.num_workers=2", "optim.batch_size=8"])
     assert not fixed.scaling.elastic and fixed.global_batch() is None  # W x batch_size, as before
     assert load_config(None, ["scaling.num_workers=2", "optim.global_batch_size=24"]).global_batch() == 24
+
+
+def test_relative_data_paths_become_absolute_for_the_workers(tmp_path, monkeypatch):
+    """A path relative to the working directory must still name the same folder inside a Ray worker, which
+    runs elsewhere; a path that exists only under the repository root resolves there; URIs are left alone."""
+    from rob_ray.cli import _resolve_paths
+
+    (tmp_path / "here" / "knn").mkdir(parents=True)
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here")
+    cfg = load_config(None, ["data.path=data", "eval.online_knn_path=knn", "data.eval_path=s3://bucket/val"])
+    out = _resolve_paths(cfg, tmp_path / "repo")
+    assert out.eval.online_knn_path == str(tmp_path / "here" / "knn")
+    assert out.data.path == str(tmp_path / "repo" / "data")
+    assert out.data.eval_path == "s3://bucket/val"

@@ -58,9 +58,9 @@ class EpochEvaluator:
 
     def __call__(self, done: int, student: nn.Module, probe: torch.Tensor) -> dict[str, float]:
         """done: steps completed; probe: (N, 3, S, S) normalised training views (used when no held-out set)."""
-        if done % self.spe != 0 and done != self.end:
+        if not self.due(done):
             return {}
-        run_knn = bool(self.every) and (done == self.end or (done // self.spe) % self.every == 0)
+        run_knn = self.knn_due(done)
         values = torch.full((5,), _NAN, dtype=torch.float64)
         if self.rank == 0:
             values = torch.tensor(self._compute(student, probe, run_knn), dtype=torch.float64)
@@ -68,13 +68,29 @@ class EpochEvaluator:
             values = values.to(self.device)
             torch.distributed.broadcast(values, src=0)
             values = values.cpu()
-        knn, std, healthy, used, n = values.tolist()
+        return self._metrics(done, run_knn, values.tolist())
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether this evaluator updates the best checkpoint itself (async mode); the loop then does not."""
+        return False
+
+    def _metrics(self, step: int, run_knn: bool, values: list[float], warn: bool = True) -> dict[str, float]:
+        """The metrics of one evaluation of the weights after `step` steps (values as `_compute` returns)."""
+        knn, std, healthy, used, n = values
         out = {"embedding_std": std, "embedding_std_healthy": healthy, "probe_prototypes_used": used}
         if run_knn:
-            out.update({"online_knn_top1": knn, "online_knn_epoch": done / self.spe})
-        if self.rank == 0:
-            self._warn_if_collapsed(done, std, healthy, used, n)
+            out.update({"online_knn_top1": knn, "online_knn_epoch": step / self.spe})
+        if self.rank == 0 and warn:
+            self._warn_if_collapsed(step, std, healthy, used, n)
         return {k: v for k, v in out.items() if math.isfinite(v)}  # no NaN in metrics.jsonl
+
+    def due(self, done: int) -> bool:
+        """An evaluation point: an epoch end or the last step."""
+        return done % self.spe == 0 or done == self.end
+
+    def knn_due(self, done: int) -> bool:
+        return bool(self.every) and (done == self.end or (done // self.spe) % self.every == 0)
 
     @torch.no_grad()
     def _compute(self, student: nn.Module, probe: torch.Tensor, run_knn: bool) -> list[float]:

@@ -1,6 +1,6 @@
 """Faults during training: injected worker failures (for resume tests) and non-finite steps.
 
-`FaultInjector` makes one rank raise or `os._exit(1)` during chosen steps, once per run folder
+`FaultInjector` makes one rank raise, `os._exit(1)` or hang during chosen steps, once per run folder
 (a marker file records each failure that fired, so the restarted worker group gets past it).
 `NonFiniteGuard` decides, in lock-step on every rank, whether a step's loss and gradients are
 finite; a non-finite step is skipped (no optimiser update; buffers such as BatchNorm statistics and
@@ -11,6 +11,7 @@ in a row stop the run with the pre-fault weights checkpointed.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ class FaultInjector:
         print(f"[rob_ray] debug: injected failure ({self.mode}) on rank {self.rank} during step {step}", flush=True)
         if self.mode == "exit":
             os._exit(1)  # a hard crash: no exception handling, no cleanup, like a lost machine
+        if self.mode == "hang":
+            threading.Event().wait()  # a machine on its way out: the other ranks wait at the next collective
         raise InjectedFault(f"debug.fail_at_steps: injected failure on rank {self.rank} during step {step}")
 
     def poison(self, loss: torch.Tensor, step: int) -> torch.Tensor:

@@ -106,7 +106,8 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     timer = StageTimer()
-    epoch_eval = epoch_evaluator(cfg, ctx, dev, teacher, steps)
+    epoch_eval = epoch_evaluator(cfg, ctx, dev, teacher, steps, best=best, config=config_to_dict(cfg),
+                                 log_row=writer.write if writer is not None else None)  # inline or async
     g_views, metrics = policy.num_global, {}
     window_t0, step_images = time.perf_counter(), 0
     views_in = view_stream(ctx, policy, steps, start, teacher, dev, cfg.seed, clock, timer)
@@ -171,7 +172,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
                 break
             if ckpt_now:
                 payload = _state(cfg, ctx, student, optimizer, method, guard, done, skipped_all, is_cuda)
-                if payload is not None and best is not None:
+                if payload is not None and best is not None and not epoch_eval.keeps_best:
                     best.update(done, payload, metrics)
                 ctx.save(done, payload, metrics)
                 if noticed:

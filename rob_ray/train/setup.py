@@ -24,6 +24,7 @@ from rob_ray.config import Config, OptimConfig
 from rob_ray.data.policy import CropPolicy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.views import ViewsBuilder, ViewStream
+from rob_ray.eval.background import build_epoch_evaluator
 from rob_ray.eval.online import EpochEvaluator
 from rob_ray.train.context import TrainContext
 from rob_ray.train.elastic import rank_share, resize_note
@@ -141,8 +142,11 @@ def view_stream(ctx: TrainContext, policy: CropPolicy, steps: StepRange, start: 
                       clock=clock, timer=timer)
 
 
-def epoch_evaluator(cfg: Config, ctx: TrainContext, dev: DeviceSetup, teacher: nn.Module,
-                    steps: StepRange) -> EpochEvaluator:
-    return EpochEvaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=dev.device, mean=teacher.mean,
-                          std=teacher.std, size=cfg.augment.global_size, steps_per_epoch=steps.spe,
-                          end_step=steps.end, channels_last=dev.channels_last)
+def epoch_evaluator(cfg: Config, ctx: TrainContext, dev: DeviceSetup, teacher: nn.Module, steps: StepRange, *,
+                    best: Any = None, config: dict[str, Any] | None = None,
+                    log_row: Callable[[dict[str, Any]], None] | None = None) -> EpochEvaluator:
+    """The online evaluator `eval.online_knn_mode` asks for (inline, or async on a copy of the student)."""
+    return build_epoch_evaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=dev.device,
+                                 mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
+                                 steps_per_epoch=steps.spe, end_step=steps.end, channels_last=dev.channels_last,
+                                 best=best, config=config, log_row=log_row)

@@ -360,7 +360,7 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
                                    clip_grad=run.cfg.optim.clip_grad, run_teacher=shared, run_student=run_student,
                                    autocast=autocast, guard=run.guard, clock=run.clock,
                                    loss_hook=lambda loss, i: faults.poison(loss, i + 1))
-        run.evaluator = epoch_evaluator(cfg, ctx, dev, teacher, steps)
+        run.evaluator = epoch_evaluator(cfg, ctx, dev, teacher, steps, best=run.best, config=config_to_dict(run.cfg))
         run.student.train()
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
@@ -445,7 +445,7 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
             payload = _state(cfg, ctx, runs, done, skipped_all)
             if ctx.rank == 0:
                 for run in active:
-                    if run.best is not None:
+                    if run.best is not None and not run.evaluator.keeps_best:
                         run.best.update(done, _single_payload(payload, run), {**_shared(metrics), **run.last})
             ctx.save(done, payload, metrics)
             if noticed:

@@ -1,0 +1,99 @@
+"""An elastic group that loses a node mid-run: a real two-node local Ray (`ray.cluster_utils.Cluster`,
+two raylets on this machine), one training worker per node (a custom `slot` resource), worker range
+1-2. During step 4 rank 0 hangs (`debug.fail_mode=hang`: a machine on its way out); the test then
+removes the second node, which kills the worker there (the hung one, or the one waiting for it at
+the next collective). Ray Train restarts the group with the one worker the cluster still fits, from
+the newest checkpoint (step 2), and the run ends with the weights of a one-worker run without Ray
+(same global batch), up to float reduction order.
+
+Why two nodes: in Ray 2.60's code the elastic policy sizes the group from the nodes' *total*
+resources (its AutoscalingCoordinator reads `ray.nodes()`), so on a single-node Ray a worker that
+dies on a node that stays is restarted at the same size; only a node that goes shrinks the group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from rob_ray.config import load_config
+from rob_ray.data import scan_images
+from rob_ray.train import LocalContext, load_state
+from rob_ray.train.launch import fit, init_ray, latest_checkpoint_dir
+from rob_ray.train.loop import train_loop
+from tests.conftest import DEMO_DATA, REPO, tiny_overrides
+
+pytestmark = pytest.mark.ray
+
+SETTINGS = ["student.arch=test_efficientnet_gn", "optim.global_batch_size=8", "optim.max_steps=6",
+            "run.checkpoint_every_steps=2", "scaling.cpus_per_worker=0.5", "data.num_actors=1",
+            "data.cpus_per_actor=0.5"]
+
+
+def _remove_node_when(marker: Path, cluster, node, stop: threading.Event, removed: list) -> None:
+    while not marker.exists() and not stop.is_set():
+        stop.wait(0.2)
+    if marker.exists():
+        cluster.remove_node(node)
+        removed.append(True)
+
+
+def test_elastic_group_shrinks_when_a_node_goes_and_ends_like_one_worker(tmp_path, capfd, monkeypatch):
+    import ray
+    from ray._common.utils import get_ray_address_file
+    from ray.cluster_utils import Cluster
+
+    folder = tmp_path / "images"
+    for cls in sorted((DEMO_DATA / "train").iterdir())[:4]:
+        (folder / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:12]:
+            shutil.copy(f, folder / cls.name / f.name)
+    table = scan_images(folder)
+    ref_cfg = load_config(None, tiny_overrides(folder, tmp_path, "ref") + SETTINGS)
+    train_loop(ref_cfg, LocalContext(table, tmp_path / "ref"), len(table))
+
+    address_file = Path(get_ray_address_file(None))
+    address_before = address_file.read_text() if address_file.exists() else None
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the nodes and the driver use this cluster only
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"slot": 1}})
+    stop, removed = threading.Event(), []
+    try:
+        second = cluster.add_node(num_cpus=1, resources={"slot": 1})
+        cfg = load_config(None, tiny_overrides(folder, tmp_path, "shrink") + SETTINGS + [
+            "scaling.num_workers=1-2", "scaling.worker_resources={slot: 1}", f"scaling.ray_address={cluster.address}",
+            "scaling.elastic_resize_interval_s=0", "debug.fail_at_steps=[4]",
+            "debug.fail_mode=hang", "run.max_failures=3"])
+        init_ray(cfg)
+        marker = cfg.run_dir() / "faults" / "step_4.fired"
+        watcher = threading.Thread(target=_remove_node_when, args=(marker, cluster, second, stop, removed))
+        watcher.start()
+        try:
+            result = fit(cfg, table)
+        finally:
+            stop.set()
+            watcher.join()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if address_before is not None:
+            address_file.write_text(address_before)
+        else:
+            address_file.unlink(missing_ok=True)
+    out = capfd.readouterr().out
+    assert removed == [True]
+    assert "[rob_ray] debug: injected failure (hang) on rank 0 during step 4" in out
+    assert "[rob_ray] resumed from step 2" in out
+    assert "[rob_ray] workers 2 -> 1 at step 2 (global batch 8 kept: 8 images per worker)" in out
+    assert result.metrics["step"] == 6
+    a = load_state(latest_checkpoint_dir(result.run_dir))
+    b = load_state(sorted((tmp_path / "ref" / "checkpoints").iterdir())[-1])
+    assert a["step"] == b["step"] == 6 and a["world_size"] == 1
+    diff = max(float((a["student"][k].double() - b["student"][k].double()).abs().max())
+               for k in b["student"] if b["student"][k].is_floating_point())
+    assert diff < 1e-4  # 2 then 1 workers vs 1 worker: the same global batch, other float sums
