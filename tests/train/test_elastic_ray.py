@@ -5,8 +5,6 @@ reduction order (the group may have 1 or 2 workers, whatever Ray Train chose).""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from rob_ray.config import load_config
@@ -14,7 +12,7 @@ from rob_ray.data import scan_images
 from rob_ray.train import LocalContext, load_state
 from rob_ray.train.launch import fit, latest_checkpoint_dir
 from rob_ray.train.loop import train_loop
-from tests.conftest import DEMO_DATA, tiny_overrides
+from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.ray
 
@@ -23,14 +21,10 @@ SETTINGS = ["student.arch=test_efficientnet_gn", "optim.global_batch_size=8", "o
             "data.cpus_per_actor=0.5", "scaling.ray_num_cpus=2", "scaling.ray_address=local"]
 
 
-def test_elastic_range_with_a_preemption_ends_like_one_worker(tmp_path, capfd):
+def test_elastic_range_with_a_preemption_ends_like_one_worker(tmp_path, small_folder, capfd):
     import ray
 
-    folder = tmp_path / "images"
-    for cls in sorted((DEMO_DATA / "train").iterdir())[:4]:
-        (folder / cls.name).mkdir(parents=True)
-        for f in sorted(cls.iterdir())[:12]:
-            shutil.copy(f, folder / cls.name / f.name)
+    folder = small_folder  # 4 classes x 12 real photos
     table = scan_images(folder)
     ref_cfg = load_config(None, tiny_overrides(folder, tmp_path, "ref") + SETTINGS)
     train_loop(ref_cfg, LocalContext(table, tmp_path / "ref"), len(table))

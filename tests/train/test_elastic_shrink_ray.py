@@ -14,7 +14,6 @@ dies on a node that stays is restarted at the same size; only a node that goes s
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from rob_ray.data import scan_images
 from rob_ray.train import LocalContext, load_state
 from rob_ray.train.launch import fit, init_ray, latest_checkpoint_dir
 from rob_ray.train.loop import train_loop
-from tests.conftest import DEMO_DATA, REPO, tiny_overrides
+from tests.conftest import REPO, tiny_overrides
 
 pytestmark = pytest.mark.ray
 
@@ -42,16 +41,12 @@ def _remove_node_when(marker: Path, cluster, node, stop: threading.Event, remove
         removed.append(True)
 
 
-def test_elastic_group_shrinks_when_a_node_goes_and_ends_like_one_worker(tmp_path, capfd, monkeypatch):
+def test_elastic_group_shrinks_when_a_node_goes_and_ends_like_one_worker(tmp_path, small_folder, capfd, monkeypatch):
     import ray
     from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
-    folder = tmp_path / "images"
-    for cls in sorted((DEMO_DATA / "train").iterdir())[:4]:
-        (folder / cls.name).mkdir(parents=True)
-        for f in sorted(cls.iterdir())[:12]:
-            shutil.copy(f, folder / cls.name / f.name)
+    folder = small_folder  # 4 classes x 12 real photos
     table = scan_images(folder)
     ref_cfg = load_config(None, tiny_overrides(folder, tmp_path, "ref") + SETTINGS)
     train_loop(ref_cfg, LocalContext(table, tmp_path / "ref"), len(table))
