@@ -97,3 +97,29 @@ def test_simulated_preemption_checkpoints_at_once_and_resumes_identically(small_
     a, b = _final_student(tmp_path / "full"), _final_student(tmp_path / "pre")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # bitwise on CPU
+
+
+def test_two_students_on_two_workers_end_like_on_one(small_folder, tmp_path):
+    """DDP per student: a two-student run on two gloo workers (each student its own DDP wrapper and
+    gradient all-reduce, one teacher pass per rank) ends with each student's weights as on one worker."""
+    students = ("students=[{name: a}, {name: b, student: {head: {hidden_dim: 48}}, optim: {lr: 0.002}, "
+                "method: {student_temp: 0.2}}]")
+
+    def base(name):
+        return [*tiny_overrides(small_folder, tmp_path, name), *NO_BN, "optim.max_steps=6", students]
+
+    _run_workers(1, base("one"), small_folder, tmp_path / "one")
+    _run_workers(2, base("two"), small_folder, tmp_path / "two")
+    one, two = (load_state(sorted((tmp_path / n / "checkpoints").iterdir())[-1]) for n in ("one", "two"))
+    assert one["step"] == two["step"] == 6 and set(two["students"]) == {"a", "b"}
+    for name in ("a", "b"):
+        assert _max_diff(two["students"][name]["student"], one["students"][name]["student"]) < WEIGHT_TOL, name
+    # The students really differ (their own LR, head and temperature), so the check above is per student.
+    a, b = one["students"]["a"]["student"], one["students"]["b"]["student"]
+    same_shape = {k: a[k] for k in a if a[k].is_floating_point() and a[k].shape == b[k].shape}
+    assert _max_diff(same_shape, b) > 1e-3
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref]
+    for r, q in zip(rows, ref):
+        assert r["b/loss"] == pytest.approx(q["b/loss"], rel=1e-4, abs=1e-5)
