@@ -54,7 +54,7 @@ VALIDATION_CASES = [
     (["run.max_nonfinite_steps=0"], ["run.max_nonfinite_steps = 0", "greater than or equal to 1"]),
     (["run.precision=fp16"], ["run.precision = 'fp16'", "'auto', 'fp32' or 'bf16'"]),
     (["run.checkpoint_score_mode=best"], ["run.checkpoint_score_mode = 'best'", "'max' or 'min'"]),
-    (["debug.fail_mode=kill"], ["debug.fail_mode = 'kill'", "'raise' or 'exit'"]),
+    (["debug.fail_mode=kill"], ["debug.fail_mode = 'kill'", "'raise', 'exit' or 'hang'"]),
     (["debug.fail_at_steps=[0]"], ["debug.fail_at_steps.0 = 0", "greater than or equal to 1"]),
     (["data.format=csv"], ["data.format = 'csv'", "'auto', 'imagefolder' or 'parquet'"]),
     (["optim.optimizer=lamb"], ["optim.optimizer = 'lamb'", "'adamw' or 'sgd'"]),
