@@ -13,17 +13,15 @@ dies on a node that stays is restarted at the same size; only a node that goes s
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from rob_ray.config import load_config
-from rob_ray.data import scan_images
-from rob_ray.train import LocalContext, load_state
-from rob_ray.train.launch import fit, init_ray, latest_checkpoint_dir
-from rob_ray.train.loop import train_loop
 from tests.conftest import REPO, tiny_overrides
 
 pytestmark = pytest.mark.ray
@@ -41,21 +39,22 @@ def _remove_node_when(marker: Path, cluster, node, stop: threading.Event, remove
         removed.append(True)
 
 
-def test_elastic_group_shrinks_when_a_node_goes_and_ends_like_one_worker(tmp_path, small_folder, capfd, monkeypatch):
+def shrink_run(folder: Path, tmp_path: Path) -> dict:
+    """The two-node run, in a process of its own (`python tests/train/test_elastic_shrink_ray.py FOLDER TMP`):
+    its cluster runs without token authentication, a setting Ray reads once per process, so it must not
+    leak into the other Ray tests of a pytest session. Returns what the test checks."""
     import ray
-    from ray._common.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
-    folder = small_folder  # 4 classes x 12 real photos
+    from rob_ray.config import load_config
+    from rob_ray.data import scan_images
+    from rob_ray.train import LocalContext, load_state
+    from rob_ray.train.launch import fit, init_ray, latest_checkpoint_dir
+    from rob_ray.train.loop import train_loop
+
     table = scan_images(folder)
     ref_cfg = load_config(None, tiny_overrides(folder, tmp_path, "ref") + SETTINGS)
     train_loop(ref_cfg, LocalContext(table, tmp_path / "ref"), len(table))
-
-    address_file = Path(get_ray_address_file(None))
-    address_before = address_file.read_text() if address_file.exists() else None
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the nodes and the driver use this cluster only
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"slot": 1}})
     stop, removed = threading.Event(), []
     try:
@@ -76,19 +75,39 @@ def test_elastic_group_shrinks_when_a_node_goes_and_ends_like_one_worker(tmp_pat
     finally:
         ray.shutdown()
         cluster.shutdown()
+    a = load_state(latest_checkpoint_dir(result.run_dir))
+    b = load_state(sorted((tmp_path / "ref" / "checkpoints").iterdir())[-1])
+    diff = max(float((a["student"][k].double() - b["student"][k].double()).abs().max())
+               for k in b["student"] if b["student"][k].is_floating_point())
+    return {"removed": removed == [True], "final_step": result.metrics["step"], "steps": [a["step"], b["step"]],
+            "world_size": a["world_size"], "max_weight_diff": diff}
+
+
+def test_elastic_group_shrinks_when_a_node_goes_and_ends_like_one_worker(tmp_path, small_folder):
+    from ray._common.utils import get_ray_address_file
+
+    address_file = Path(get_ray_address_file(None))
+    address_before = address_file.read_text() if address_file.exists() else None
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the nodes and the driver use this cluster only
+    env.update(RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p))
+    try:
+        proc = subprocess.run([sys.executable, __file__, str(small_folder), str(tmp_path)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=1500)
+    finally:  # `Cluster` writes Ray's current-cluster file: leave it as it was
         if address_before is not None:
             address_file.write_text(address_before)
         else:
             address_file.unlink(missing_ok=True)
-    out = capfd.readouterr().out
-    assert removed == [True]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["removed"]
     assert "[rob_ray] debug: injected failure (hang) on rank 0 during step 4" in out
     assert "[rob_ray] resumed from step 2" in out
     assert "[rob_ray] workers 2 -> 1 at step 2 (global batch 8 kept: 8 images per worker)" in out
-    assert result.metrics["step"] == 6
-    a = load_state(latest_checkpoint_dir(result.run_dir))
-    b = load_state(sorted((tmp_path / "ref" / "checkpoints").iterdir())[-1])
-    assert a["step"] == b["step"] == 6 and a["world_size"] == 1
-    diff = max(float((a["student"][k].double() - b["student"][k].double()).abs().max())
-               for k in b["student"] if b["student"][k].is_floating_point())
-    assert diff < 1e-4  # 2 then 1 workers vs 1 worker: the same global batch, other float sums
+    assert r["final_step"] == 6 and r["steps"] == [6, 6] and r["world_size"] == 1
+    assert r["max_weight_diff"] < 1e-4  # 2 then 1 workers vs 1 worker: the same global batch, other float sums
+
+
+if __name__ == "__main__":
+    print(json.dumps(shrink_run(Path(sys.argv[1]), Path(sys.argv[2]))), flush=True)
