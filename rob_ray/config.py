@@ -73,6 +73,10 @@ class DataConfig(StrictModel):
         default_factory=dict, description="extra Ray resources per augmentation actor, e.g. {data_cpu: 1} to keep "
         "decoding on the CPU-only nodes that advertise it (cluster/*.yaml)")
     prefetch_batches: int = Field(2, ge=0)
+    max_batches_ahead: int | None = Field(
+        None, ge=1, description="cap on batches the data actors may run ahead of the step (object-store bytes per "
+        "worker); null = Ray Data's budget, half the object store. A cap keeps a long run's rate what its first "
+        "minutes show (experiments/benchmark_accuracy.yaml); without it a short run decodes everything up front")
     eval_path: str | None = Field(None, description="labelled ImageFolder for k-NN after training (train/val split inside)")
 
 

@@ -85,14 +85,15 @@ class LocalContext(TrainContext):
     def __init__(self, table: ImageTable, run_dir: str | Path | RunStorage, *, device: str | torch.device = "cpu",
                  num_to_keep: int = 2, use_ray_data: bool = False, table_ref: Any = None,
                  num_actors: int = 1, cpus_per_actor: float = 1.0, prefetch_batches: int = 2,
-                 actor_resources: dict[str, float] | None = None) -> None:
+                 actor_resources: dict[str, float] | None = None, max_batches_ahead: int | None = None) -> None:
         self.table, self.table_ref = table, table_ref
         self.run_dir, self.storage = _run_folder(run_dir)
         self.device = torch.device(device)
         self.checkpoints = LocalCheckpoints(self.run_dir, num_to_keep)
         self.use_ray_data = use_ray_data
         self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
-                          "prefetch_batches": prefetch_batches, "actor_resources": actor_resources}
+                          "prefetch_batches": prefetch_batches, "actor_resources": actor_resources,
+                          "max_batches_ahead": max_batches_ahead}
         self.reported: list[dict[str, Any]] = []
 
     def batches(self, policy, schedule, start_step, end_step):
@@ -126,7 +127,8 @@ class RayTrainContext(TrainContext):
 
     def __init__(self, table_ref: Any, run_dir: str | Path | RunStorage, *, num_actors: int = 1,
                  cpus_per_actor: float = 1.0, prefetch_batches: int = 2,
-                 actor_resources: dict[str, float] | None = None, upload: str = "sync") -> None:
+                 actor_resources: dict[str, float] | None = None, max_batches_ahead: int | None = None,
+                 upload: str = "sync") -> None:
         import ray.train
         import ray.train.torch
 
@@ -140,7 +142,8 @@ class RayTrainContext(TrainContext):
         self.run_dir = self.storage.local_dir if self.storage is not None else Path(run_dir)
         self.table_ref = table_ref
         self.data_opts = {"num_actors": num_actors, "cpus_per_actor": cpus_per_actor,
-                          "prefetch_batches": prefetch_batches, "actor_resources": actor_resources}
+                          "prefetch_batches": prefetch_batches, "actor_resources": actor_resources,
+                          "max_batches_ahead": max_batches_ahead}
         self._superseded: list[Path] = []  # set by load_latest, emptied by the next save
         self.upload = upload
 

@@ -301,7 +301,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
     ctx = RayTrainContext(config["table_ref"][0], RunStorage(cfg.run.storage_path, cfg.run.name),
                           num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
                           prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources,
-                          upload=cfg.run.checkpoint_upload)
+                          max_batches_ahead=cfg.data.max_batches_ahead, upload=cfg.run.checkpoint_upload)
     train_loop(cfg, ctx, config["num_images"])
     ctx.close()
 
@@ -347,7 +347,8 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
         ctx = LocalContext(table, storage, device="cuda" if cfg.scaling.use_gpu else "cpu",
                            num_to_keep=cfg.run.num_to_keep, use_ray_data=True, table_ref=table_ref,
                            num_actors=cfg.data.num_actors, cpus_per_actor=cfg.data.cpus_per_actor,
-                           prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources)
+                           prefetch_batches=cfg.data.prefetch_batches, actor_resources=cfg.data.actor_resources,
+                           max_batches_ahead=cfg.data.max_batches_ahead)
         metrics = train_loop(cfg, ctx, len(table))
     else:
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig

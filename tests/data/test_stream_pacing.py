@@ -1,5 +1,6 @@
 """Ray Data's scheduling loop is paced in the training worker (it would spin while backpressured)."""
 
+import numpy as np
 import pytest
 
 from rob_ray.data.stream import pace_streaming_executor, paced
@@ -52,3 +53,18 @@ def test_the_streaming_executor_is_wrapped_once():
     assert pace_streaming_executor() and pace_streaming_executor()
     step = StreamingExecutor._scheduling_loop_step
     assert step.rob_ray_paced and not getattr(step.__wrapped__, "rob_ray_paced", False)
+
+
+@pytest.mark.parametrize("crops_on", ["data_actors", "worker"])
+def test_sample_bytes_matches_what_the_mapper_ships(small_folder, crops_on):
+    """`data.max_batches_ahead` becomes an object-store cap of batches x `sample_bytes`: it must count a
+    real mapped batch's bytes (never fewer), or the cap would hold fewer batches than it says."""
+    from rob_ray.data import MultiCropMapper, SampleSchedule, scan_images
+    from rob_ray.data.policy import CropPolicy
+    from rob_ray.data.stream import sample_bytes
+
+    table = scan_images(small_folder)
+    policy = CropPolicy(global_size=32, local_size=16, num_local=2, crops_on=crops_on, image_size=96)
+    batch = next(MultiCropMapper(table, policy, SampleSchedule(len(table), 1, 8, 1), rank=0).iter_local(0, 1))
+    shipped = sum(np.asarray(v).nbytes for v in batch.values()) / 8
+    assert shipped <= sample_bytes(policy) <= shipped + 64

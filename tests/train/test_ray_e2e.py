@@ -28,7 +28,8 @@ pytestmark = pytest.mark.ray
 
 # data.actor_resources: a local Ray that rob_ray starts gets the custom resources the config asks for.
 TWO_WORKERS = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "data.num_actors=1",
-               "data.cpus_per_actor=0.5", "scaling.ray_num_cpus=2", "data.actor_resources={data_cpu: 1}"]
+               "data.cpus_per_actor=0.5", "scaling.ray_num_cpus=2", "data.actor_resources={data_cpu: 1}",
+               "data.max_batches_ahead=2"]  # a capped stream still delivers every batch in order
 
 
 @pytest.fixture
