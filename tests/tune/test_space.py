@@ -47,7 +47,7 @@ def test_best_trial_uses_best_seen_value():
     assert best_trial(trials, "nope", "max") is None
 
 
-@pytest.mark.parametrize("name", ["sweep_demo", "sweep_dino_vits16_to_vittiny"])
+@pytest.mark.parametrize("name", ["sweep_demo", "sweep_recipe_imagenette", "sweep_dino_vits16_to_vittiny"])
 def test_shipped_sweep_configs_validate(name):
     from tests.conftest import REPO
 
