@@ -8,6 +8,7 @@ folder. Errors are turned into one line naming the key, the value and what is al
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import typing
 from pathlib import Path
@@ -539,10 +540,18 @@ class EvalConfig(StrictModel):
     online_knn_every_epochs: int = Field(0, ge=0, description="0 = off; else k-NN every N epochs and at the end")
     online_knn_path: str | None = Field(None, description="labelled ImageFolder with train/ (memory bank) and val/")
     online_knn_max_images: int | None = Field(1000, gt=0, description="cap per split (even spread over classes)")
-    online_knn_mode: Literal["inline", "async"] = Field(
+    online_knn_mode: Literal["inline", "async", "actor"] = Field(
         "inline", description="inline: the epoch-end evaluation runs in the training step's place (training waits); "
         "async: rank 0 evaluates a copy of the student in a background thread while training goes on, and the "
-        "result is reported at a later logging step with `eval_step`, the step whose weights it describes")
+        "result is reported at a later logging step with `eval_step`, the step whose weights it describes; "
+        "actor: as async, but a Ray actor with its own resources (eval.actor_cpus / actor_gpus, outside the "
+        "training workers' placement group) holds the held-out images and evaluates the weights rank 0 sends it")
+    actor_cpus: float = Field(1.0, gt=0, description="online_knn_mode=actor: CPUs of the evaluation actor")
+    actor_gpus: float = Field(0.0, ge=0, description="online_knn_mode=actor: GPUs of the evaluation actor "
+                              "(0: it evaluates on CPU)")
+    online_linear: bool = Field(False, description="with online k-NN: also fit a linear classifier (L2-regularised "
+                                "logistic regression, full-batch L-BFGS) on the bank features and report "
+                                "`online_linear_top1` on the held-out queries")
     k: int = Field(20, ge=1)
     temperature: float = Field(0.07, gt=0)
     collapse_std_ratio: float = Field(0.2, ge=0, description="warn when embedding std < ratio / sqrt(dim)")
@@ -629,6 +638,14 @@ class Config(StrictModel):
                              f"({self.method.out_dim}); set only method.out_dim for dino_scratch")
         if self.eval.online_knn_every_epochs and not self.eval.online_knn_path:
             raise ValueError("eval.online_knn_every_epochs needs eval.online_knn_path (a labelled train/ + val/ folder)")
+        for key, res in (("eval.actor_cpus", self.eval.actor_cpus), ("eval.actor_gpus", self.eval.actor_gpus)):
+            if res > 1 and res != int(res):  # Ray refuses fractional amounts above one unit
+                raise ValueError(f"{key} ({res:g}) above 1 must be a whole number (Ray's rule); use {math.ceil(res)} "
+                                 "or a fraction below 1")
+        if self.eval.online_knn_mode != "actor" and (self.eval.actor_cpus, self.eval.actor_gpus) != (1.0, 0.0):
+            raise ValueError(f"eval.actor_cpus / eval.actor_gpus size the evaluation actor of "
+                             f"eval.online_knn_mode=actor, but the mode is '{self.eval.online_knn_mode}'; set "
+                             "eval.online_knn_mode=actor or remove them")
         if self.teacher.prototypes is not None and self.method.name in ("feature", "dino_scratch"):
             raise ValueError(f"teacher.prototypes is set but method.name={self.method.name} uses no teacher prototypes; "
                              "remove teacher.prototypes (or use method.name=dino)")

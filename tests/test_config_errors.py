@@ -79,6 +79,16 @@ VALIDATION_CASES = [
     (["augment.num_local=0", "augment.num_global=1", "method.pairing=swapped"],
      ["method.pairing=swapped with one global and no local crop"]),
     (["debug.fail_rank=2", "scaling.num_workers=2"], ["debug.fail_rank (2) must be below the number of workers (2)"]),
+    # the online evaluation actor (eval.online_knn_mode=actor)
+    (["eval.online_knn_mode=thread"], ["eval.online_knn_mode = 'thread'", "'inline', 'async' or 'actor'"]),
+    (["eval.online_knn_mode=actor", "eval.actor_cpus=0"], ["eval.actor_cpus = 0", "greater than 0"]),
+    (["eval.online_knn_mode=actor", "eval.actor_gpus=-1"], ["eval.actor_gpus = -1", "greater than or equal to 0"]),
+    (["eval.online_knn_mode=actor", "eval.actor_gpus=1.5"], ["eval.actor_gpus (1.5) above 1 must be a whole number",
+                                                             "use 2 or a fraction below 1"]),
+    (["eval.online_knn_mode=actor", "eval.actor_cpus=2.5"], ["eval.actor_cpus (2.5) above 1 must be a whole number"]),
+    (["eval.actor_cpus=2"], ["eval.actor_cpus / eval.actor_gpus size the evaluation actor", "the mode is 'inline'",
+                             "set eval.online_knn_mode=actor or remove them"]),
+    (["eval.online_knn_mode=async", "eval.actor_gpus=1"], ["the mode is 'async'"]),
     # overrides that are not key=value
     (["optim.lr"], ["override 'optim.lr' is not key=value"]),
     (["seed=1", "x=2", "x.y=3"], ["'x' is a value, not a section"]),

@@ -128,6 +128,9 @@ TUNE_BASE = [*SMALL, "tune.metric=loss", "tune.mode=min"]
 TUNE_CASES = [
     ([*SMALL, "tune.search_space={optim.lr: {loguniform: [1.0e-4, 1.0e-3]}}"],
      ["tune.metric = 'online_knn_top1'", "eval.online_knn_every_epochs", "tune.metric=loss"]),
+    ([*SMALL, "tune.metric=online_linear_top1", "eval.online_knn_every_epochs=1", "eval.online_knn_path={d}",
+      "tune.search_space={optim.lr: {loguniform: [1.0e-4, 1.0e-3]}}"],
+     ["tune.metric = 'online_linear_top1'", "eval.online_linear=true"]),
     ([*TUNE_BASE], ["tune.search_space is empty"]),
     ([*TUNE_BASE, "tune.search_space={student.arch: {choice: [test_resnet, resnet_nonexistent]}}"],
      ["student.arch 'resnet_nonexistent' is not a timm model", "search_space allows student.arch='resnet_nonexistent'"]),

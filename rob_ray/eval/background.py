@@ -25,6 +25,9 @@ metrics row of its own at its step (`log_row`). With
 `run.checkpoint_score_metric` naming one of these metrics, the best checkpoint is written from the
 evaluated copy (the student's weights at `eval_step`, its step and config), in the background thread.
 A crash loses the evaluation in flight (its step's checkpoint, when one was taken, is unaffected).
+
+`eval.online_knn_mode=actor` keeps this protocol and moves the evaluation onto a Ray actor with
+resources of its own (`rob_ray.eval.ray_online`, imported by `build_epoch_evaluator` in that mode only).
 """
 
 from __future__ import annotations
@@ -39,13 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rob_ray.eval.online import EpochEvaluator
+from rob_ray.eval.online import N_VALUES, EpochEvaluator
 
-__all__ = ["AsyncEpochEvaluator", "build_epoch_evaluator"]
+__all__ = ["EVAL_METRICS", "AsyncEpochEvaluator", "build_epoch_evaluator"]
 
 _NAN = float("nan")
 # Metrics an evaluation produces: a best checkpoint scored by one of them is kept by the evaluator.
-EVAL_METRICS = ("online_knn_top1", "embedding_std", "probe_prototypes_used")
+EVAL_METRICS = ("online_knn_top1", "online_linear_top1", "embedding_std", "probe_prototypes_used")
 
 
 class AsyncEpochEvaluator(EpochEvaluator):
@@ -58,16 +61,19 @@ class AsyncEpochEvaluator(EpochEvaluator):
         log_row: rank 0's metrics-row writer, for a result the last step's report supersedes.
     """
 
+    _in_thread = True  # False in a subclass that evaluates elsewhere (`rob_ray.eval.ray_online`)
+
     def __init__(self, eval_cfg: Any, *, best: Any = None, config: dict[str, Any] | None = None,
                  log_row: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(eval_cfg, **kwargs)
         self.best = best if best is not None and best.metric in EVAL_METRICS else None
         self.config, self.log_row = config, log_row
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rob_ray_eval") if self.rank == 0 else None
-        self._pending: Future | None = None
+        here = self.rank == 0 and self._in_thread
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rob_ray_eval") if here else None
+        self._pending: Any = None  # a Future (or anything with done() / result())
         self._ready: list[tuple[int, bool, list[float]]] = []
         self._copy: nn.Module | None = None
-        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and self.rank == 0 else None
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" and here else None
 
     @property
     def keeps_best(self) -> bool:
@@ -75,7 +81,7 @@ class AsyncEpochEvaluator(EpochEvaluator):
 
     def __call__(self, done: int, student: nn.Module, probe: torch.Tensor) -> dict[str, float]:
         """Every rank, at every logging step: submit at an evaluation point; report what finished."""
-        row = torch.full((8,), _NAN, dtype=torch.float64)
+        row = torch.full((3 + N_VALUES,), _NAN, dtype=torch.float64)
         if self.rank == 0:
             if self.due(done):
                 self._submit(done, student, probe, self.knn_due(done))
@@ -120,7 +126,12 @@ class AsyncEpochEvaluator(EpochEvaluator):
             self.join()
 
     def _submit(self, done: int, student: nn.Module, probe: torch.Tensor, run_knn: bool) -> None:
-        self.join()  # one in flight: the copy below is the one it evaluates
+        self.join()  # one in flight: the copy `_start` makes is the one it evaluates
+        self._pending = self._start(done, student, probe, run_knn)
+
+    def _start(self, done: int, student: nn.Module, probe: torch.Tensor, run_knn: bool) -> Future:
+        """Start evaluating the weights of `student` after `done` steps; returns its pending result
+        (`result()` -> (step, run_knn, values as `_compute` returns))."""
         if self._copy is None:
             self._copy = copy.deepcopy(student).requires_grad_(False)
         with torch.no_grad():
@@ -129,7 +140,7 @@ class AsyncEpochEvaluator(EpochEvaluator):
         if self._stream is not None:
             self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the copy is made on this stream
         threads = torch.get_num_threads()
-        self._pending = self._pool.submit(self._job, done, run_knn, probe, threads)
+        return self._pool.submit(self._job, done, run_knn, probe, threads)
 
     def _job(self, step: int, run_knn: bool, probe: torch.Tensor, threads: int) -> tuple[int, bool, list[float]]:
         if self.device.type == "cpu":
@@ -150,8 +161,18 @@ class AsyncEpochEvaluator(EpochEvaluator):
 
 
 def build_epoch_evaluator(eval_cfg: Any, *, best: Any = None, config: dict[str, Any] | None = None,
-                          log_row: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> EpochEvaluator:
-    """The evaluator `eval.online_knn_mode` asks for (async only matters with online k-NN on)."""
+                          log_row: Callable[[dict[str, Any]], None] | None = None, shared: dict[str, Any] | None = None,
+                          key: str = "student", **kwargs: Any) -> EpochEvaluator:
+    """The evaluator `eval.online_knn_mode` asks for (async / actor only matter with online k-NN on).
+
+    Actor mode: `shared` is one dict per training loop (the students of a multi-student run share one
+    evaluation actor through it), `key` names this student there. Its Ray module is imported only here.
+    """
     if eval_cfg.online_knn_mode == "async" and eval_cfg.online_knn_every_epochs:
         return AsyncEpochEvaluator(eval_cfg, best=best, config=config, log_row=log_row, **kwargs)
+    if eval_cfg.online_knn_mode == "actor" and eval_cfg.online_knn_every_epochs:
+        from rob_ray.eval.ray_online import ActorEpochEvaluator  # Ray at the edge: imported in actor mode only
+
+        return ActorEpochEvaluator(eval_cfg, best=best, config=config, log_row=log_row,
+                                   shared={} if shared is None else shared, key=key, **kwargs)
     return EpochEvaluator(eval_cfg, **kwargs)

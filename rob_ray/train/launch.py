@@ -69,6 +69,12 @@ def cluster_shortfalls(cfg: Config, totals: dict[str, float], nodes: list[dict[s
         if key.startswith("resource/") and need > totals.get(name, 0.0) + 1e-6:
             short.append(f"{need:g} '{name}' (cluster has {totals.get(name, 0.0):g}; nodes advertise it with "
                          f"resources: {{{name}: N}})")
+    eval_cpus, eval_gpus = plan["eval_cpus"], plan["eval_gpus"]
+    if (eval_cpus or eval_gpus) and nodes and not any(
+            node.get("CPU", 0.0) + 1e-6 >= eval_cpus and node.get("GPU", 0.0) + 1e-6 >= eval_gpus for node in nodes):
+        short.append(f"{eval_cpus:g} CPU + {eval_gpus:g} GPU on one node for the evaluation actor "
+                     "(eval.online_knn_mode=actor; no node has them: lower eval.actor_cpus / eval.actor_gpus "
+                     "or use eval.online_knn_mode=async)")
     if cfg.scaling.workers_per_node:
         k = cfg.scaling.workers_per_node
         per_node = {"CPU": k * plan["cpus_per_worker"], **{n: k * v for n, v in cfg.scaling.worker_resources.items()}}
@@ -225,8 +231,9 @@ def _check_cluster_fits(cfg: Config) -> None:
         plan = resource_plan(cfg)
         raise ConfigError(
             f"resource error: the run needs {'; '.join(short)} ({plan['train_cpus']:g} training + {plan['data_cpus']:g} "
-            "data CPUs); lower scaling.cpus_per_worker / data.num_actors / data.cpus_per_actor / custom resources, "
-            "or set ROB_RAY_AUTOSCALING=1 on an autoscaling cluster"
+            f"data + {plan['eval_cpus']:g} evaluation-actor CPUs); lower scaling.cpus_per_worker / data.num_actors / "
+            "data.cpus_per_actor / eval.actor_cpus / custom resources, or set ROB_RAY_AUTOSCALING=1 on an "
+            "autoscaling cluster"
         )
 
 
@@ -330,8 +337,9 @@ def fit(cfg: Config, table: ImageTable | None = None, callbacks: list | None = N
     # A sweep's trials keep the unmeasured plan its concurrency was computed with (tune/sweep.py).
     cfg, plan = plan_for(cfg, table, _ray_node_shape(cfg)) if not callbacks else plan_for(cfg, None)
     print(f"[rob_ray] plan: {plan['data_actors_per_worker']} data actor(s) x {plan['cpus_per_actor']:g} CPU and "
-          f"{plan['cpus_per_worker']:g} CPUs / {plan['torch_threads']} torch threads per training worker "
-          "(--dry-run says why)", flush=True)
+          f"{plan['cpus_per_worker']:g} CPUs / {plan['torch_threads']} torch threads per training worker"
+          + (f"; evaluation actor {plan['eval_cpus']:g} CPU / {plan['eval_gpus']:g} GPU"
+             if plan["eval_cpus"] or plan["eval_gpus"] else "") + " (--dry-run says why)", flush=True)
     _check_cluster_fits(cfg)
     table_ref = ray.put(table)
     if cfg.scaling.elastic:

@@ -13,7 +13,9 @@ Rule (per training worker, on a node of C CPUs and G GPUs holding k workers, `sh
   get at most half the share: there the step is the work); one actor per started CPU;
 - the worker gets every remaining CPU and as many torch threads (rounded up: the actors' share idles between batches).
 Explicit `data.num_actors` / `data.cpus_per_actor` / `scaling.cpus_per_worker` / `scaling.torch_threads`
-win over the rule. Actors pinned to data nodes (`data.actor_resources`) do not share the worker's node.
+win over the rule. With `eval.online_knn_mode=actor` the evaluation actor's CPUs are taken off the node
+first and its CPUs / GPUs are added to the totals. Actors pinned to data nodes (`data.actor_resources`)
+do not share the worker's node.
 
 Pure functions (no Ray): unit-tested for a 2-core laptop and a 16-core, 1-GPU host.
 """
@@ -28,7 +30,7 @@ from typing import Any
 from rob_ray.config import Config
 
 __all__ = ["CPU_IMG_PER_S_PER_CORE", "DEFAULT_DECODE_MS", "GPU_IMG_PER_S", "MIN_ACTOR_CPUS", "NodeShape", "apply_plan",
-           "local_node", "resource_plan"]
+           "eval_actor_resources", "local_node", "resource_plan"]
 
 CPU_IMG_PER_S_PER_CORE = 40.0  # the demo step (Lite0 -> ResNet-10-T, 2x64 + 4x32 px) measured ~81 img/s on 2 cores
 GPU_IMG_PER_S = 3000.0  # the anchor config's end-to-end target on one H100/H200
@@ -77,9 +79,14 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     n_workers = s.min_workers  # an elastic range must fit its minimum to start; more workers join as nodes do
     workers = max(n_workers, 1)
     per_node = s.workers_per_node or (min(workers, max(int(node.gpus), 1)) if s.use_gpu else workers)
-    share = node.cpus / per_node
+    eval_cpus, eval_gpus = eval_actor_resources(cfg)
+    # The evaluation actor may land on the training workers' node: counted out of it (conservative).
+    share = max(node.cpus - eval_cpus, MIN_ACTOR_CPUS) / per_node
     why = [f"node: {node.cpus:g} CPUs, {node.gpus:g} GPUs ({node.source}); {per_node} training worker(s) on it: "
-           f"{share:g} CPUs each"]
+           f"{share:g} CPUs each" + (" (after the evaluation actor's CPUs)" if eval_cpus else "")]
+    if eval_cpus or eval_gpus:
+        why.append(f"evaluation actor (eval.online_knn_mode=actor): {eval_cpus:g} CPU, {eval_gpus:g} GPU "
+                   "(eval.actor_cpus / eval.actor_gpus), one per run, outside the training workers' placement group")
     remote_actors = bool(d.actor_resources)  # pinned to data nodes: the worker's node is all its own
     cost = decode_ms if decode_ms is not None else DEFAULT_DECODE_MS[a.crops_on]
     work = ("read + decode + shrink + draw" if a.crops_on == "worker"
@@ -118,9 +125,10 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
                + (" (scaling.torch_threads)" if s.torch_threads else ""))
     train_cpu = worker_cpus * n_workers if n_workers else 0.0
     data_cpu = workers * data_per_worker
-    gpus = s.gpus_per_worker * n_workers if s.use_gpu else 0.0
+    gpus = (s.gpus_per_worker * n_workers if s.use_gpu else 0.0) + eval_gpus
     plan: dict[str, Any] = {
-        "train_cpus": train_cpu, "data_cpus": data_cpu, "total_cpus": train_cpu + data_cpu, "gpus": gpus,
+        "train_cpus": train_cpu, "data_cpus": data_cpu, "eval_cpus": eval_cpus, "eval_gpus": eval_gpus,
+        "total_cpus": train_cpu + data_cpu + eval_cpus, "gpus": gpus,
         "cpus_per_worker": worker_cpus, "torch_threads": threads, "data_actors_per_worker": actors,
         "cpus_per_actor": per_actor, "decode_ms_per_image": round(cost, 3),
     }
@@ -132,6 +140,14 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
         plan["nodes"] = float(-(-workers // s.workers_per_node))
     plan["why"] = why
     return plan
+
+
+def eval_actor_resources(cfg: Config) -> tuple[float, float]:
+    """(CPUs, GPUs) of the online evaluation actor: (0, 0) unless eval.online_knn_mode=actor with online k-NN on."""
+    e = cfg.eval
+    if e.online_knn_mode == "actor" and e.online_knn_every_epochs:
+        return float(e.actor_cpus), float(e.actor_gpus)
+    return 0.0, 0.0
 
 
 def apply_plan(cfg: Config, plan: dict[str, Any]) -> Config:

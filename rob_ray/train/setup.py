@@ -144,9 +144,11 @@ def view_stream(ctx: TrainContext, policy: CropPolicy, steps: StepRange, start: 
 
 def epoch_evaluator(cfg: Config, ctx: TrainContext, dev: DeviceSetup, teacher: nn.Module, steps: StepRange, *,
                     best: Any = None, config: dict[str, Any] | None = None,
-                    log_row: Callable[[dict[str, Any]], None] | None = None) -> EpochEvaluator:
-    """The online evaluator `eval.online_knn_mode` asks for (inline, or async on a copy of the student)."""
+                    log_row: Callable[[dict[str, Any]], None] | None = None, shared: dict[str, Any] | None = None,
+                    key: str = "student") -> EpochEvaluator:
+    """The online evaluator `eval.online_knn_mode` asks for (inline, async on a copy of the student, or on an
+    evaluation actor: `shared` / `key` let a multi-student run's students share one, see `build_epoch_evaluator`)."""
     return build_epoch_evaluator(cfg.eval, rank=ctx.rank, world_size=ctx.world_size, device=dev.device,
                                  mean=teacher.mean, std=teacher.std, size=cfg.augment.global_size,
                                  steps_per_epoch=steps.spe, end_step=steps.end, channels_last=dev.channels_last,
-                                 best=best, config=config, log_row=log_row)
+                                 best=best, config=config, log_row=log_row, shared=shared, key=key)

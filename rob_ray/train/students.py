@@ -350,6 +350,8 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
         start, skipped = resume_position(state, ctx, steps, f"{len(runs)} students ")
 
     shared = SharedTeacher(teacher, torch.compile(teacher, dynamic=False) if dev.compile else teacher)
+    eval_shared: dict[str, Any] = {}  # eval.online_knn_mode=actor: one evaluation actor for every student
+    writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     for run in runs:
         run.clock = StageClock(device)
         run.flops = flops_per_image(run.method, teacher, run.student, policy, device, autocast)
@@ -360,10 +362,13 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
                                    clip_grad=run.cfg.optim.clip_grad, run_teacher=shared, run_student=run_student,
                                    autocast=autocast, guard=run.guard, clock=run.clock,
                                    loss_hook=lambda loss, i: faults.poison(loss, i + 1))
-        run.evaluator = epoch_evaluator(cfg, ctx, dev, teacher, steps, best=run.best, config=config_to_dict(run.cfg))
+        # An async / actor result the last step's report supersedes gets a row of its own, prefixed as the student's.
+        log_row = None if writer is None else (lambda row, n=run.name: writer.write(
+            {k if k in _SHARED_KEYS else f"{n}/{k}": v for k, v in row.items()}))
+        run.evaluator = epoch_evaluator(cfg, ctx, dev, teacher, steps, best=run.best, config=config_to_dict(run.cfg),
+                                        log_row=log_row, shared=eval_shared, key=run.name)
         run.student.train()
 
-    writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     timer = StageTimer()
     stream_clock = StageClock(device)
     g_views, metrics = policy.num_global, {}

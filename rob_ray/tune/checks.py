@@ -22,6 +22,11 @@ def check_metric(tune_cfg: TuneConfig, eval_cfg: EvalConfig) -> None:
             f"config error: tune.metric = '{tune_cfg.metric}' is reported only with online k-NN on; set "
             "eval.online_knn_every_epochs=1 and eval.online_knn_path (a labelled train/ + val/ folder), or "
             "tune.metric=loss tune.mode=min")
+    if tune_cfg.metric == "online_linear_top1" and not (eval_cfg.online_knn_every_epochs and eval_cfg.online_linear):
+        raise ConfigError(
+            "config error: tune.metric = 'online_linear_top1' is reported only with the online linear probe on; set "
+            "eval.online_linear=true, eval.online_knn_every_epochs=1 and eval.online_knn_path, or "
+            "tune.metric=online_knn_top1")
     if tune_cfg.metric == "loss" and tune_cfg.mode == "max":
         raise ConfigError("config error: tune.metric = 'loss' with tune.mode = 'max' would pick the worst trial; "
                           "set tune.mode=min")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -75,3 +76,44 @@ def test_online_knn_value_equals_offline_knn_on_the_same_embeddings(labelled_roo
     expected = knn_top1(f(bank[0]), bank[1], f(queries[0]), queries[1], k=5)
     assert got["online_knn_top1"] == expected and got["online_knn_epoch"] == 2.0
     assert "online_knn_top1" in ev(9, Pixels(), torch.zeros(1))  # the last step always evaluates
+
+
+def test_online_linear_top1_on_features_with_a_known_answer():
+    """Classes on separate axes: the probe classifies every query right; queries labelled with the next
+    class: every one wrong."""
+    from rob_ray.eval.online import online_linear_top1
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(8)
+    bank = torch.eye(3)[labels] * 5 + 0.1 * torch.rand(24, 3, generator=g)
+    queries = torch.eye(3)[labels[::2]] * 5 + 0.1 * torch.rand(12, 3, generator=g)
+    assert online_linear_top1(bank, labels, queries, labels[::2]) == 100.0
+    assert online_linear_top1(bank, labels, queries, (labels[::2] + 1) % 3) == 0.0
+
+
+def test_online_linear_value_equals_a_logistic_fit_on_the_same_embeddings(labelled_root):
+    """eval.online_linear: `online_linear_top1` is a logistic regression (rob_ray.eval.linear.fit_logistic)
+    fitted on the L2-normalised bank embeddings and scored on the queries' (both computed here)."""
+    from rob_ray.eval.linear import fit_logistic
+
+    cfg = load_config(None, ["eval.online_knn_every_epochs=1", f"eval.online_knn_path={labelled_root}",
+                             "eval.online_linear=true"])
+
+    class Pixels(nn.Module):
+        def embed(self, x):
+            return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+    ev = EpochEvaluator(cfg.eval, rank=0, world_size=1, device=torch.device("cpu"), mean=(0.5,) * 3,
+                        std=(0.5,) * 3, size=24, steps_per_epoch=3, end_step=9)
+    got = ev(3, Pixels(), torch.zeros(1))
+    norm = lambda u8: (u8.float() / 255 - 0.5) / 0.5  # noqa: E731
+    unit = lambda u8: nn.functional.normalize(Pixels().embed(norm(u8)), dim=1)  # noqa: E731
+    (xb, yb), (xq, yq) = ev.bank, ev.queries
+    w, b = fit_logistic(unit(xb), yb, 4)
+    predicted = [int(torch.argmax(w @ q + b)) for q in unit(xq)]
+    expected = 100.0 * sum(p == int(y) for p, y in zip(predicted, yq, strict=True)) / len(yq)
+    assert expected > 0.0 and got["online_linear_top1"] == pytest.approx(expected, abs=1e-4)
+    off = EpochEvaluator(load_config(None, ["eval.online_knn_every_epochs=1", f"eval.online_knn_path={labelled_root}"]
+                                     ).eval, rank=0, world_size=1, device=torch.device("cpu"), mean=(0.5,) * 3,
+                         std=(0.5,) * 3, size=24, steps_per_epoch=3, end_step=9)
+    assert "online_linear_top1" not in off(3, Pixels(), torch.zeros(1))  # off by default

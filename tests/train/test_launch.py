@@ -109,3 +109,29 @@ def test_plan_leaves_the_data_actors_their_cpus_in_floats_too():
         data = plan["data_actors_per_worker"] * plan["cpus_per_actor"]
         assert 2.0 - plan["cpus_per_worker"] >= data and plan["total_cpus"] <= 2.0 + 1e-9
         assert plan["torch_threads"] == threads  # the worker's CPUs (1.9, 1.6, 1.25, 1.0) rounded up
+
+
+def test_plan_counts_the_evaluation_actor_and_names_its_shortfall():
+    """eval.online_knn_mode=actor: the actor's CPUs come off the node before the worker's share and into the
+    totals; a cluster without a node that fits it gets one line naming it and the fix."""
+    from rob_ray.train.plan import NodeShape
+
+    knn = ["scaling.num_workers=1", "eval.online_knn_every_epochs=1", "eval.online_knn_path=x"]
+    base = resource_plan(load_config(None, knn), NodeShape(cpus=4), decode_ms=0.5)
+    actor = resource_plan(load_config(None, [*knn, "eval.online_knn_mode=actor"]), NodeShape(cpus=4), decode_ms=0.5)
+    assert (base["eval_cpus"], base["eval_gpus"]) == (0.0, 0.0) and base["total_cpus"] == 4.0
+    assert (actor["eval_cpus"], actor["eval_gpus"]) == (1.0, 0.0)
+    assert abs(actor["cpus_per_worker"] + actor["data_cpus"] - 3.0) < 1e-3 and abs(actor["total_cpus"] - 4.0) < 1e-3
+    assert any("evaluation actor (eval.online_knn_mode=actor): 1 CPU, 0 GPU" in line for line in actor["why"])
+    # Off without online k-NN (nothing to evaluate): no actor, nothing counted.
+    off = resource_plan(load_config(None, ["scaling.num_workers=1", "eval.online_knn_mode=actor"]), NodeShape(cpus=4))
+    assert off["eval_cpus"] == 0.0
+    gpu_actor = load_config(None, [*knn, "eval.online_knn_mode=actor", "eval.actor_gpus=1", "scaling.cpus_per_worker=1",
+                                   "data.num_actors=1", "data.cpus_per_actor=1"])
+    assert resource_plan(gpu_actor)["gpus"] == 1.0
+    cpu_nodes = [{"CPU": 8.0}, {"CPU": 8.0}]
+    short = cluster_shortfalls(gpu_actor, {"CPU": 16.0}, cpu_nodes)
+    assert len(short) == 2 and short[0] == "1 GPU (cluster has 0)"
+    assert short[1] == ("1 CPU + 1 GPU on one node for the evaluation actor (eval.online_knn_mode=actor; no node has "
+                        "them: lower eval.actor_cpus / eval.actor_gpus or use eval.online_knn_mode=async)")
+    assert cluster_shortfalls(gpu_actor, {"CPU": 16.0, "GPU": 1.0}, [*cpu_nodes, {"CPU": 2.0, "GPU": 1.0}]) == []

@@ -221,3 +221,36 @@ def test_dry_run_plan_has_memory_and_flops_per_student_and_total(small_folder, t
     assert plan["students_separate_runs_GFLOPs_per_image"] == pytest.approx(
         plan["students_total_GFLOPs_per_image"] + t, rel=1e-4)  # the teacher counted once, not twice
     assert plan["memory_est_GiB"] == plan["students_memory_est_GiB"] < sum(r["memory_alone_GiB"] for r in rows)
+
+
+def test_async_evaluation_of_two_students_matches_inline(small_folder, tmp_path):
+    """eval.online_knn_mode=async in a multi-student run: each student's k-NN / linear-probe values at
+    each eval step and its best checkpoint equal those of inline evaluation."""
+    import shutil
+
+    knn = tmp_path / "knn"
+    for split in ("train", "val"):  # the held-out set: the same 48 photos as bank and queries
+        shutil.copytree(small_folder, knn / split)
+    table = scan_images(small_folder)
+    keys = ("online_knn_top1", "online_linear_top1", "embedding_std")
+    runs = {}
+    for mode in ("inline", "async"):
+        cfg = load_config(None, [*tiny_overrides(small_folder, tmp_path, mode), TWO, "optim.epochs=2",
+                                 "eval.online_knn_every_epochs=1", f"eval.online_knn_path={knn}", "eval.k=5",
+                                 f"eval.online_knn_mode={mode}", "eval.online_linear=true", "run.log_every_steps=2",
+                                 "run.checkpoint_score_metric=online_knn_top1"])
+        threads = torch.get_num_threads()
+        _run(cfg, table, tmp_path / mode)
+        torch.set_num_threads(threads)
+        rows = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        runs[mode] = rows
+    spe = 48 // 8
+    for name in ("a", "b"):
+        inline = {r["step"]: {k: r[f"{name}/{k}"] for k in keys} for r in runs["inline"] if f"{name}/{keys[0]}" in r}
+        got = {r[f"{name}/eval_step"]: {k: r[f"{name}/{k}"] for k in keys}
+               for r in runs["async"] if f"{name}/{keys[0]}" in r}
+        assert sorted(inline) == [spe, 2 * spe] and got == inline
+        best_i = load_state(tmp_path / "inline" / f"best_{name}")
+        best_a = load_state(tmp_path / "async" / f"best_{name}")
+        assert best_a["step"] == best_i["step"]
+        _same(best_a["student"], best_i["student"])
