@@ -55,6 +55,18 @@ def test_epochs_fill_the_budget():
     assert bench.epochs_for_budget(1, 60.0, 1000) == 1  # at least one
 
 
+def test_calibrated_rate_weights_the_windows_after_the_first_by_time(tmp_path):
+    lines = [{"step": 10, "img_per_s": 5.0}, {"step": 20, "img_per_s": 40.0}, {"step": 20, "online_knn_top1": 1.0},
+             {"step": 30, "img_per_s": 80.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    # The first window (actor start) is left out; then 10 steps at 40 and 10 at 80 per s: 20 / (0.25 + 0.125).
+    assert bench.calibrated_rate(path) == pytest.approx(20 / (10 / 40 + 10 / 80))
+    path.write_text(json.dumps({"step": 4, "loss": 1.0}))
+    with pytest.raises(RuntimeError, match="no img_per_s"):
+        bench.calibrated_rate(path)
+
+
 def test_wall_curve_rebuilds_training_time_from_each_window(tmp_path):
     lines = [{"step": 10, "img_per_s": 20.0}, {"step": 20, "img_per_s": 40.0, "online_knn_top1": 30.0},
              {"step": 20, "online_knn_top1": 31.0}, {"step": 40, "img_per_s": 80.0, "online_knn_top1": 50.0}]
