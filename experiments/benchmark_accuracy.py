@@ -2,7 +2,8 @@
 
 On a labelled ImageFolder (default ../shared/data/imagenette2-224) it trains the same student once per
 row of experiments/configs/benchmark_accuracy.yaml — RoB from the teacher's logits, the `feature`
-objective with one view and with multi-crop, DINO from scratch, supervised KD with labels — each for
+objective with one view and with multi-crop, DINO from scratch, supervised KD with labels, RoB from
+prototypes fitted on the teacher's embeddings (the headless-teacher path) — each for
 `budget_minutes` of training: a short calibration run measures the row's img/s, and the row gets the
 number of epochs that fills the budget (so its schedules run to their end). Rows with `seeds` run once
 per seed (mean ± half the spread). Then k-NN (k=20), linear probe and 1-/5-shot for every row, the
@@ -81,6 +82,7 @@ def load_spec(path: Path, smoke: bool, overrides: list[str], minutes: float | No
     spec["evaluation"] = {**spec["evaluation"], **smoke_spec.get("evaluation", {})}
     spec["train_overrides"] = list(smoke_spec.get("train", []))
     spec["smoke_seeds"] = smoke_spec.get("seeds")
+    spec["smoke_mode"] = smoke
     if minutes is not None:
         spec["budget_minutes"] = minutes
     return spec
@@ -106,7 +108,8 @@ def row_runs(spec: dict[str, Any], data: Path, out: Path, only: list[str] | None
             d["method"], d["seed"] = dict(row["method"]), seed
             d["run"]["name"] = f"{row['name']}_s{seed}"
             try:
-                cfg = validate_config(apply_overrides(d, [*spec["train_overrides"], *row.get("overrides", [])]))
+                extra = row.get("smoke_overrides", []) if spec.get("smoke_mode") else []
+                cfg = validate_config(apply_overrides(d, [*spec["train_overrides"], *row.get("overrides", []), *extra]))
             except ConfigError as exc:
                 raise ConfigError(f"row '{row['name']}': {str(exc).splitlines()[0]}") from None
             runs.append(RowRun(row["name"], seed, row.get("label", row["name"]), cfg))
@@ -225,7 +228,11 @@ def targets(table: list[dict[str, Any]]) -> list[str]:
         fk = get(f, "knn")
         if rob_k is not None and fk is not None:
             lines.append(f"RoB k-NN - {f} = {rob_k - fk:+.1f} points (target > 0)")
-    missing = [r for r in ("rob", "scratch", "feature_1view", "feature_multicrop", "kd", "teacher") if r not in by]
+    fit_k = get("fitted", "knn")
+    if fit_k is not None and teach_k:
+        lines.append(f"fitted prototypes k-NN / teacher k-NN = {fit_k / teach_k:.1%} (no target: the headless path)")
+    missing = [r for r in ("rob", "scratch", "feature_1view", "feature_multicrop", "kd", "fitted",
+                                 "teacher") if r not in by]
     if missing:
         lines.append(f"not run yet: {', '.join(missing)}")
     return lines
@@ -284,6 +291,21 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def training_config(run: RowRun, spec: dict[str, Any], data: Path, rate: float, num_images: int) -> Config:
+    """The row's config for its budget: whole epochs at the calibrated `rate`, online k-NN every epoch.
+
+    Edited on a copy rather than re-validated from a dump, so that fields the row left unset stay unset
+    (the fitted row's `method.teacher_temp`, which the prototype fit then derives)."""
+    cfg = run.cfg.model_copy(deep=True)
+    cfg.optim.epochs = epochs_for_budget(60.0 * float(spec["budget_minutes"]), rate, num_images)
+    cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, max(cfg.optim.epochs - 1, 0))
+    cfg.eval.online_knn_every_epochs = 1
+    cfg.eval.online_knn_path = str(data)
+    cfg.eval.online_knn_max_images = int(spec["online_knn_images"])
+    validate_config(cfg.model_dump(mode="json"))  # the cross-section checks, on the edited values
+    return cfg
+
+
 def run_row(run: RowRun, spec: dict[str, Any], data: Path, table: Any, tables: tuple,
             norm: tuple[tuple, tuple]) -> dict[str, Any]:
     """Calibrate, train for the budget, evaluate: one (row, seed)'s result."""
@@ -291,16 +313,11 @@ def run_row(run: RowRun, spec: dict[str, Any], data: Path, table: Any, tables: t
     from rob_ray.train.launch import fit
 
     rate = calibrate(run, table, int(spec["calibration_steps"]))
-    cfg = run.cfg.model_copy(deep=True)
-    cfg.optim.epochs = epochs_for_budget(60.0 * float(spec["budget_minutes"]), rate, len(table))
-    cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, max(cfg.optim.epochs - 1, 0))
-    cfg.eval.online_knn_every_epochs = 1
-    cfg.eval.online_knn_path = str(data)
-    cfg.eval.online_knn_max_images = int(spec["online_knn_images"])
+    cfg = training_config(run, spec, data, rate, len(table))
     print(f"[bench] {run.key}: calibrated {rate:.1f} img/s -> {cfg.optim.epochs} epochs for "
           f"{spec['budget_minutes']:g} min", flush=True)
     t0 = time.perf_counter()
-    result = fit(validate_config(cfg.model_dump(mode="json")), table=table)
+    result = fit(cfg, table=table)
     wall = time.perf_counter() - t0
     metrics = result.run_dir / "metrics.jsonl"
     curve = wall_curve(metrics, cfg.global_batch() or cfg.optim.batch_size * max(cfg.scaling.min_workers, 1))

@@ -27,7 +27,8 @@ def test_every_row_validates_and_rows_differ_only_where_they_say(tmp_path):
     spec = _spec(smoke=False)
     runs = bench.row_runs(spec, DEMO_DATA, tmp_path)
     keys = [r.key for r in runs]
-    assert keys == ["rob_s0", "rob_s1", "feature_1view_s0", "feature_multicrop_s0", "scratch_s0", "scratch_s1", "kd_s0"]
+    assert keys == ["rob_s0", "rob_s1", "feature_1view_s0", "feature_multicrop_s0", "scratch_s0", "scratch_s1", "kd_s0",
+                    "fitted_s0"]
     by = {r.key: r.cfg for r in runs}
     assert by["rob_s1"].seed == 1 and by["rob_s0"].method.name == "dino" and by["kd_s0"].method.name == "kd"
     assert by["feature_1view_s0"].augment.num_global == 1 and by["feature_1view_s0"].augment.num_local == 0
@@ -38,7 +39,26 @@ def test_every_row_validates_and_rows_differ_only_where_they_say(tmp_path):
     with pytest.raises(ConfigError, match="--rows nope: no such row"):
         bench.row_runs(spec, DEMO_DATA, tmp_path, ["nope"])
     smoke = bench.row_runs(_spec(), DEMO_DATA, tmp_path)
-    assert [r.seed for r in smoke] == [0] * 5 and smoke[0].cfg.data.max_images == 48
+    assert [r.seed for r in smoke] == [0] * 6 and smoke[0].cfg.data.max_images == 48
+    # The headless row fits K=1000 prototypes (K=8 on --smoke's 48 images); no other row has a fit.
+    fitted = {r.key: r.cfg for r in smoke}["fitted_s0"]
+    assert by["fitted_s0"].teacher.prototypes.fit.k == 1000 and fitted.teacher.prototypes.fit.k == 8
+    assert by["fitted_s0"].method.teacher_norm == "sinkhorn" and "teacher_temp" not in by["fitted_s0"].method.model_fields_set
+    assert all(c.teacher.prototypes is None or c.teacher.prototypes.fit is None
+               for k, c in by.items() if k != "fitted_s0")
+
+
+def test_training_config_fills_the_budget_and_keeps_unset_fields_unset(tmp_path):
+    spec = _spec(smoke=False)
+    runs = {r.key: r for r in bench.row_runs(spec, DEMO_DATA, tmp_path)}
+    cfg = bench.training_config(runs["fitted_s0"], spec, DEMO_DATA, 60.0, 9469)
+    assert cfg.optim.epochs == 11 and cfg.optim.warmup_epochs == 1 and cfg.eval.online_knn_every_epochs == 1
+    assert cfg.eval.online_knn_path == str(DEMO_DATA) and cfg.eval.online_knn_max_images == 500
+    # Left unset, the prototype fit derives teacher_temp; a dump re-validated would pin it to 0.07.
+    assert "teacher_temp" not in cfg.method.model_fields_set
+    assert "teacher_temp" in runs["rob_s0"].cfg.method.model_fields_set  # the rob row sets its own
+    one = bench.training_config(runs["rob_s0"], spec, DEMO_DATA, 1.0, 9469)
+    assert one.optim.epochs == 1 and one.optim.warmup_epochs == 0  # warm-up shorter than the run
 
 
 def test_a_bad_row_is_a_one_line_error_naming_it(tmp_path):
@@ -88,7 +108,7 @@ def test_aggregate_means_seeds_and_targets_compare_rows():
     lines = bench.targets(table)
     assert "RoB k-NN / teacher k-NN = 90.0% (target >= 90%)" in lines
     assert "RoB k-NN - DINO from scratch = +32.0 points (target >= +25)" in lines
-    assert lines[-1] == "not run yet: feature_1view, feature_multicrop, kd"
+    assert lines[-1] == "not run yet: feature_1view, feature_multicrop, kd, fitted"
 
 
 @pytest.mark.ray
