@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--other-placement", action="store_true", help="also run (1) with the other augment.crops_on")
     ap.add_argument("--capped", type=int, default=None, metavar="N", help="also run (1) with data.max_batches_ahead=N "
                     "(the actors at the step's pace, as on a dataset larger than the object-store budget)")
+    ap.add_argument("--omp-wait", choices=["worker", "default"], default="worker",
+                    help="OpenMP wait policy of the in-process rows: rob_ray's worker setting (passive), or libgomp's "
+                    "default (spin first), what a hand-written script gets")
     ap.add_argument("--smoke", action="store_true", help="tiny settings (CI)")
     ap.add_argument("--out", default=None, help="write the result JSON here")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.batch_size=32")
@@ -207,12 +210,26 @@ def rob_ray_end_to_end(cfg, windows: int, warmup_windows: int) -> dict[str, Any]
             "augment_s_per_step": sum(r.get("time/augment", 0.0) for r in timed) / max(timed_steps, 1)}
 
 
+def in_process_env(environ: dict[str, str], omp_wait: str) -> dict[str, str]:
+    """The environment of this process (the in-process rows): rob_ray's worker CPU settings, and with
+    `omp_wait="default"` libgomp's own wait policy (spin, then sleep) instead of the worker's passive one.
+
+    A hand-written script gets libgomp's default; rob_ray's Ray worker sleeps at once (WORKER_CPU_ENV),
+    which a plain process pays for (measured in the README's Performance section). rob_ray's own run
+    gets its worker settings either way (from its runtime_env)."""
+    env = {**environ, **WORKER_CPU_ENV}
+    if omp_wait == "default":
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in a log file (as the CLI)
-    if any(os.environ.get(k) != v for k, v in WORKER_CPU_ENV.items()):  # read at start-up only
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_CPU_ENV})
+    env = in_process_env(dict(os.environ), args.omp_wait)
+    if env != dict(os.environ):  # glibc and libgomp read these at start-up only
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     import torch
 
@@ -236,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     policy = build_policy(cfg.augment)
     rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
-                              "torch": torch.__version__, "torch_threads": threads, "config": args.config,
-                              "overrides": args.overrides, "batch": b, "rows": rows,
+                              "torch": torch.__version__, "torch_threads": threads, "omp_wait": args.omp_wait,
+                              "config": args.config, "overrides": args.overrides, "batch": b, "rows": rows,
                               "views": f"{a.num_global}x{a.global_size} + {a.num_local}x{a.local_size}"}
 
     def row(name: str, img_per_s: float, note: str = "", **extra: Any) -> dict[str, Any]:
@@ -358,7 +375,8 @@ def print_table(result: dict[str, Any]) -> None:
     plain = next(r for r in result["rows"] if r["row"].startswith("plain PyTorch loop"))["img_per_s"]
     step = next(r for r in result["rows"] if r["row"].startswith("rob_ray step alone"))["img_per_s"]
     print(f"\n| row | img/s | x hand-written loop | x rob_ray step alone |   ({result['cpu_cores']} cores, "
-          f"{result['torch_threads']} torch threads, torch {result['torch']}, {result['views']}, batch {result['batch']})")
+          f"{result['torch_threads']} torch threads, OpenMP wait {result['omp_wait']}, torch {result['torch']}, "
+          f"{result['views']}, batch {result['batch']})")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['img_per_s']:.1f} | {r['img_per_s'] / plain:.2f} | {r['img_per_s'] / step:.2f} |")

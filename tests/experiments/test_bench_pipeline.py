@@ -14,6 +14,22 @@ import pytest
 from tests.conftest import REPO
 from tests.processes import HANG_TIMEOUT_S
 
+sys.path.insert(0, str(REPO / "experiments"))
+import bench_pipeline
+
+from rob_ray.train.launch import WORKER_CPU_ENV
+
+
+def test_in_process_env_is_the_workers_or_libgomps_default_wait():
+    user = {"PATH": "/bin", "OMP_WAIT_POLICY": "ACTIVE", "MALLOC_TOP_PAD_": "1"}
+    worker = bench_pipeline.in_process_env(user, "worker")
+    assert worker == {"PATH": "/bin", **WORKER_CPU_ENV} and worker["OMP_WAIT_POLICY"] == "PASSIVE"
+    default = bench_pipeline.in_process_env(user, "default")
+    # The glibc settings stay (rob_ray's and the plain loop's allocator are the same); the wait policy is unset.
+    assert "OMP_WAIT_POLICY" not in default and default["MALLOC_TOP_PAD_"] == WORKER_CPU_ENV["MALLOC_TOP_PAD_"]
+    assert user["OMP_WAIT_POLICY"] == "ACTIVE"  # the caller's dict is not changed
+    assert bench_pipeline.in_process_env(default, "default") == default  # no second re-exec
+
 
 @pytest.mark.ray
 def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
