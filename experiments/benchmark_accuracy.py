@@ -228,9 +228,19 @@ def targets(table: list[dict[str, Any]]) -> list[str]:
         fk = get(f, "knn")
         if rob_k is not None and fk is not None:
             lines.append(f"RoB k-NN - {f} = {rob_k - fk:+.1f} points (target > 0)")
-    fit_k = get("fitted", "knn")
+    # The headless path is a RoB student too: the same comparisons, reported without a target of its own.
+    fit_k, fit_l = get("fitted", "knn"), get("fitted", "linear")
     if fit_k is not None and teach_k:
         lines.append(f"fitted prototypes k-NN / teacher k-NN = {fit_k / teach_k:.1%} (no target: the headless path)")
+    if fit_l is not None and teach_l:
+        lines.append(f"fitted prototypes linear / teacher linear = {fit_l / teach_l:.1%}")
+    for f in ("feature_1view", "feature_multicrop"):
+        fk = get(f, "knn")
+        if fit_k is not None and fk is not None:
+            lines.append(f"fitted prototypes k-NN - {f} = {fit_k - fk:+.1f} points")
+    kd_k = get("kd", "knn")
+    if rob_k is not None and kd_k is not None:
+        lines.append(f"RoB k-NN - supervised KD = {rob_k - kd_k:+.1f} points (the paper's reference point, no target)")
     missing = [r for r in ("rob", "scratch", "feature_1view", "feature_multicrop", "kd", "fitted",
                                  "teacher") if r not in by]
     if missing:

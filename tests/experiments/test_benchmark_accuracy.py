@@ -110,6 +110,15 @@ def test_aggregate_means_seeds_and_targets_compare_rows():
     assert "RoB k-NN - DINO from scratch = +32.0 points (target >= +25)" in lines
     assert lines[-1] == "not run yet: feature_1view, feature_multicrop, kd, fitted"
 
+    table = bench.aggregate([res("rob", 0, 72.0, 75.0), res("teacher", None, 80.0, 84.0), res("kd", 0, 75.5, 78.0),
+                             res("fitted", 0, 74.0, 77.0), res("feature_1view", 0, 73.0, 76.0)])
+    lines = bench.targets(table)
+    assert "fitted prototypes k-NN / teacher k-NN = 92.5% (no target: the headless path)" in lines
+    assert "fitted prototypes linear / teacher linear = 91.7%" in lines
+    assert "fitted prototypes k-NN - feature_1view = +1.0 points" in lines
+    assert "RoB k-NN - supervised KD = -3.5 points (the paper's reference point, no target)" in lines
+    assert lines[-1] == "not run yet: scratch, feature_multicrop"
+
 
 @pytest.mark.ray
 def test_smoke_runs_two_rows_end_to_end_and_resumes_row_by_row(tmp_path):
