@@ -28,8 +28,9 @@ def test_every_row_validates_and_rows_differ_only_where_they_say(tmp_path):
     runs = bench.row_runs(spec, DEMO_DATA, tmp_path)
     keys = [r.key for r in runs]
     assert keys == ["rob_s0", "rob_s1", "feature_1view_s0", "feature_multicrop_s0", "scratch_s0", "scratch_s1", "kd_s0",
-                    "fitted_s0"]
+                    "fitted_s0", "fitted_s1"]
     by = {r.key: r.cfg for r in runs}
+    assert by["fitted_s1"].seed == 1 and by["fitted_s1"].run.name == "fitted_s1"
     assert by["rob_s1"].seed == 1 and by["rob_s0"].method.name == "dino" and by["kd_s0"].method.name == "kd"
     assert by["feature_1view_s0"].augment.num_global == 1 and by["feature_1view_s0"].augment.num_local == 0
     assert by["feature_multicrop_s0"].augment.num_local == by["rob_s0"].augment.num_local == 4
@@ -45,7 +46,7 @@ def test_every_row_validates_and_rows_differ_only_where_they_say(tmp_path):
     assert by["fitted_s0"].teacher.prototypes.fit.k == 1000 and fitted.teacher.prototypes.fit.k == 8
     assert by["fitted_s0"].method.teacher_norm == "sinkhorn" and "teacher_temp" not in by["fitted_s0"].method.model_fields_set
     assert all(c.teacher.prototypes is None or c.teacher.prototypes.fit is None
-               for k, c in by.items() if k != "fitted_s0")
+               for k, c in by.items() if not k.startswith("fitted"))
 
 
 def test_training_config_fills_the_budget_and_keeps_unset_fields_unset(tmp_path):
