@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rob_ray.data.stream import pace_streaming_executor, paced
+from rob_ray.data.stream import pace_streaming_executor, paced, scheduling_period
 
 
 class FakeClock:
@@ -45,6 +45,50 @@ def test_paced_still_paces_when_the_step_raises():
     with pytest.raises(ValueError):
         run()
     assert clock.slept == [0.01]
+
+
+def test_paced_asks_a_period_function_after_the_step_with_the_call_arguments():
+    clock = FakeClock()
+    seen = []
+
+    def step(owner, work):
+        clock.now += work
+        owner["fed"] = not owner["fed"]  # the step changes the state the period depends on
+
+    def period(owner, work):
+        seen.append(owner["fed"])
+        return 0.1 if owner["fed"] else 0.01
+
+    run = paced(step, period, clock=clock, sleep=clock.sleep)
+    owner = {"fed": False}
+    run(owner, 0.002)  # now fed: sleeps 98 ms
+    run(owner, 0.002)  # now starved: sleeps 8 ms
+    assert seen == [True, False]
+    assert [round(s, 9) for s in clock.slept] == [0.098, 0.008]
+
+
+class FakeExecutor:
+    def __init__(self, idling) -> None:
+        self.idling = idling
+
+    def _consumer_idling(self) -> bool:
+        if isinstance(self.idling, Exception):
+            raise self.idling
+        return self.idling
+
+
+def test_scheduling_period_is_short_only_while_the_consumer_waits():
+    assert scheduling_period(FakeExecutor(True), "topology", starved_s=0.01, fed_s=0.1) == 0.01
+    assert scheduling_period(FakeExecutor(False), "topology", starved_s=0.01, fed_s=0.1) == 0.1
+    # Ray's internals changed or failed: fall back to the short period (never starve the step)
+    assert scheduling_period(object(), "topology", starved_s=0.01, fed_s=0.1) == 0.01
+    assert scheduling_period(FakeExecutor(RuntimeError("x")), starved_s=0.01, fed_s=0.1) == 0.01
+
+
+def test_ray_still_has_the_consumer_check_the_pacing_reads():
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    assert callable(getattr(StreamingExecutor, "_consumer_idling", None))
 
 
 def test_the_streaming_executor_is_wrapped_once():
