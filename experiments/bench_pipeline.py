@@ -12,6 +12,7 @@ Rows (same machine, same run, same models from the same config):
       teacher / student / DINO loss / clipping / AdamW, every core as torch threads, end to end
       from the files. Measured before and after (1): the table shows their mean (and both);
   (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs) on ready-made views;
+  (2) and (3) compute in the run's precision (`run.precision`; bf16 autocast around the forward passes);
   plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's), one
   data actor's per-image rate for the other placement, and with `--other-placement` (1) again with
   the other `augment.crops_on` (the measured reason for the default).
@@ -21,6 +22,7 @@ OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-proc
 loop, the step alone) run with the same allocator and threading as rob_ray's worker.
 
     python experiments/bench_pipeline.py --other-placement   # the demo config (experiments/configs/demo.yaml)
+    python experiments/bench_pipeline.py run.precision=bf16   # every row in bf16 autocast (CPUs with native bf16)
     python experiments/bench_pipeline.py --smoke --out /tmp/p.json   # tiny settings, a CI test
 """
 
@@ -80,7 +82,9 @@ class PlainLoop:
 
     def __init__(self, files: list[str], teacher, student, *, batch: int, n_global: int, n_local: int, g_size: int,
                  l_size: int, g_scale, l_scale, lr: float, weight_decay: float, t_temp: float, s_temp: float,
-                 clip: float | None, seed: int = 0) -> None:
+                 clip: float | None, seed: int = 0, bf16: bool = False) -> None:
+        import contextlib
+
         import torch
 
         self.torch = torch
@@ -93,6 +97,8 @@ class PlainLoop:
         self.std = torch.tensor(teacher.std).view(1, 3, 1, 1)
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=lr, weight_decay=weight_decay)
         self.t_temp, self.s_temp, self.clip = t_temp, s_temp, clip
+        # what a user adds for bf16 on a CPU with native bf16: one autocast around the forward passes
+        self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.gen = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(len(files), generator=self.gen)
 
@@ -144,10 +150,11 @@ class PlainLoop:
         import torch.nn.functional as F
 
         g = self.n_global
-        with torch.no_grad():
-            t = self.teacher(torch.cat(crops[:g]))
-        # Same-resolution views go through the backbone together (DINO's MultiCropWrapper does this).
-        s = self.student([torch.cat(crops[:g]), *([torch.cat(crops[g:])] if len(crops) > g else [])])
+        with self.autocast():
+            with torch.no_grad():
+                t = self.teacher(torch.cat(crops[:g]))
+            # Same-resolution views go through the backbone together (DINO's MultiCropWrapper does this).
+            s = self.student([torch.cat(crops[:g]), *([torch.cat(crops[g:])] if len(crops) > g else [])])
         t_probs = F.softmax(t.float() / self.t_temp, dim=-1).chunk(g)
         s_logp = F.log_softmax(s.float() / self.s_temp, dim=-1).chunk(len(crops))
         pairs = [(i, v) for i in range(g) for v in range(len(crops)) if v == i or v >= g]  # RoB's same-view pairs
@@ -219,7 +226,8 @@ def in_process_env(environ: dict[str, str], omp_wait: str) -> dict[str, str]:
     gets its worker settings either way (from its runtime_env)."""
     env = {**environ, **WORKER_CPU_ENV}
     if omp_wait == "default":
-        env.pop("OMP_WAIT_POLICY", None)
+        for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+            env.pop(key, None)
     return env
 
 
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
+    from rob_ray.checks.memory import uses_bf16
     from rob_ray.cli import _resolve_paths
     from rob_ray.config import load_config
     from rob_ray.data import MultiCropMapper, SampleSchedule, build_policy, scan_images
@@ -276,8 +285,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     method = build_method(cfg.method, teacher, student)
     teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
     lr = cosine_schedule(cfg.optim.lr * b / 256, cfg.optim.min_lr, 10**6, 100)
+    # Both in-process rows compute in the run's precision (`run.precision`: bf16 autocast on CPU when asked).
+    bf16 = uses_bf16(cfg.run.precision, on_gpu=False)
+    result["precision"] = "bf16" if bf16 else "fp32"
     step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
-                     clip_grad=cfg.optim.clip_grad)
+                     clip_grad=cfg.optim.clip_grad,
+                     autocast=(lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None)
     gen = torch.Generator().manual_seed(0)
 
     def crops(n: int, s: int) -> torch.Tensor:
@@ -291,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       n_global=a.num_global, n_local=a.num_local, g_size=a.global_size, l_size=a.local_size,
                       g_scale=a.global_scale, l_scale=a.local_scale, lr=cfg.optim.lr * b / 256,
                       weight_decay=cfg.optim.weight_decay, t_temp=getattr(cfg.method, "teacher_temp", 0.07),
-                      s_temp=getattr(cfg.method, "student_temp", 0.1), clip=cfg.optim.clip_grad)
+                      s_temp=getattr(cfg.method, "student_temp", 0.1), clip=cfg.optim.clip_grad, bf16=bf16)
     counter = {"step": 0, "plain": 0}
     spent = {"step": [0.0, 0.0], "plain": [0.0, 0.0]}  # seconds before / after the Ray runs
 
@@ -375,7 +388,8 @@ def print_table(result: dict[str, Any]) -> None:
     plain = next(r for r in result["rows"] if r["row"].startswith("plain PyTorch loop"))["img_per_s"]
     step = next(r for r in result["rows"] if r["row"].startswith("rob_ray step alone"))["img_per_s"]
     print(f"\n| row | img/s | x hand-written loop | x rob_ray step alone |   ({result['cpu_cores']} cores, "
-          f"{result['torch_threads']} torch threads, OpenMP wait {result['omp_wait']}, torch {result['torch']}, "
+          f"{result['torch_threads']} torch threads, {result.get('precision', 'fp32')}, OpenMP wait {result['omp_wait']}, "
+          f"torch {result['torch']}, "
           f"{result['views']}, batch {result['batch']})")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():

@@ -27,6 +27,7 @@ def test_in_process_env_is_the_workers_or_libgomps_default_wait():
     default = bench_pipeline.in_process_env(user, "default")
     # The glibc settings stay (rob_ray's and the plain loop's allocator are the same); the wait policy is unset.
     assert "OMP_WAIT_POLICY" not in default and default["MALLOC_TOP_PAD_"] == WORKER_CPU_ENV["MALLOC_TOP_PAD_"]
+    assert "GOMP_SPINCOUNT" not in bench_pipeline.in_process_env({**user, "GOMP_SPINCOUNT": "5"}, "default")
     assert user["OMP_WAIT_POLICY"] == "ACTIVE"  # the caller's dict is not changed
     assert bench_pipeline.in_process_env(default, "default") == default  # no second re-exec
 
@@ -54,3 +55,32 @@ def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     assert c["e2e_vs_plain_loop"] == pytest.approx(e2e["img_per_s"] / plain["img_per_s"])
     assert c["e2e_vs_step_alone"] == pytest.approx(e2e["img_per_s"] / step["img_per_s"])
     assert "| rob_ray end to end (Ray Data + Ray Train, its metrics) |" in proc.stdout
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_plain_loop_computes_in_the_precision_it_is_given(small_folder, tmp_path, bf16):
+    """`run.precision=bf16` puts both in-process rows in bf16 autocast: the hand-written loop's forward
+    passes run under it (or not), and its step still learns (finite loss, weights move)."""
+    import torch
+
+    from rob_ray.config import load_config
+    from rob_ray.data import scan_images
+    from rob_ray.methods import build_models
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(None, [*tiny_overrides(small_folder, tmp_path), "teacher.kind=efficientnet_lite0"])
+    teacher, student = build_models(cfg)
+    table = scan_images(small_folder)
+    plain = bench_pipeline.PlainLoop([table.paths[i] for i in range(len(table))], teacher, student, batch=4,
+                                     n_global=2, n_local=2, g_size=32, l_size=16, g_scale=(0.4, 1.0),
+                                     l_scale=(0.05, 0.4), lr=1e-3, weight_decay=0.0, t_temp=1.0, s_temp=0.1,
+                                     clip=3.0, bf16=bf16)
+    seen = []
+    first = next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    before = first.weight.detach().clone()
+    images = plain.load(0)  # the shipped photos differ in size: load() resizes them to the first one's
+    loss = plain.step(plain.crops(images))
+    assert images.dtype == torch.uint8 and images.shape[0] == 4
+    assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+    assert torch.isfinite(torch.tensor(loss)) and not torch.equal(before, first.weight)
