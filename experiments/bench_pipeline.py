@@ -12,7 +12,8 @@ Rows (same machine, same run, same models from the same config):
       teacher / student / DINO loss / clipping / AdamW, every core as torch threads, end to end
       from the files. Measured before and after (1): the table shows their mean (and both);
   (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs) on ready-made views;
-  (2) and (3) compute in the run's precision (`run.precision`; bf16 autocast around the forward passes);
+  (2) and (3) compute in the run's precision, resolved as the worker resolves it (`run.precision`: `auto` is
+      fp32 on a CPU); with `run.precision=bf16`, (2) runs in fp32 too (a script's default);
   plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's), one
   data actor's per-image rate for the other placement, and with `--other-placement` (1) again with
   the other `augment.crops_on` (the measured reason for the default).
@@ -22,7 +23,7 @@ OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-proc
 loop, the step alone) run with the same allocator and threading as rob_ray's worker.
 
     python experiments/bench_pipeline.py --other-placement   # the demo config (experiments/configs/demo.yaml)
-    python experiments/bench_pipeline.py run.precision=bf16   # every row in bf16 autocast (CPUs with native bf16)
+    python experiments/bench_pipeline.py run.precision=bf16   # rob_ray in bf16 autocast (CPUs with native bf16)
     python experiments/bench_pipeline.py --smoke --out /tmp/p.json   # tiny settings, a CI test
 """
 
@@ -241,12 +242,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from rob_ray.checks.memory import uses_bf16
     from rob_ray.cli import _resolve_paths
     from rob_ray.config import load_config
     from rob_ray.data import MultiCropMapper, SampleSchedule, build_policy, scan_images
     from rob_ray.data.views import ViewsBuilder
     from rob_ray.methods import Views, build_method, build_models
+    from rob_ray.precision import cpu_computes_bf16, uses_bf16
     from rob_ray.train.loop import build_optimizer
     from rob_ray.train.schedules import cosine_schedule
     from rob_ray.train.step import TrainStep
@@ -285,9 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     method = build_method(cfg.method, teacher, student)
     teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
     lr = cosine_schedule(cfg.optim.lr * b / 256, cfg.optim.min_lr, 10**6, 100)
-    # Both in-process rows compute in the run's precision (`run.precision`: bf16 autocast on CPU when asked).
+    # Both in-process rows compute in the run's precision, resolved as rob_ray's CPU worker resolves it.
     bf16 = uses_bf16(cfg.run.precision, on_gpu=False)
-    result["precision"] = "bf16" if bf16 else "fp32"
+    result["precision"], result["cpu_native_bf16"] = ("bf16" if bf16 else "fp32"), cpu_computes_bf16()
     step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
                      clip_grad=cfg.optim.clip_grad,
                      autocast=(lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None)
@@ -299,25 +300,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     views = Views(crops(a.num_global, a.global_size), crops(a.num_local, a.local_size) if a.num_local else None,
                   torch.full((b,), -1), b, a.num_global)
     student.train()
-    p_teacher, p_student = models()
-    plain = PlainLoop([table.paths[i] for i in range(len(table))], p_teacher, p_student, batch=b,
-                      n_global=a.num_global, n_local=a.num_local, g_size=a.global_size, l_size=a.local_size,
-                      g_scale=a.global_scale, l_scale=a.local_scale, lr=cfg.optim.lr * b / 256,
-                      weight_decay=cfg.optim.weight_decay, t_temp=getattr(cfg.method, "teacher_temp", 0.07),
-                      s_temp=getattr(cfg.method, "student_temp", 0.1), clip=cfg.optim.clip_grad, bf16=bf16)
-    counter = {"step": 0, "plain": 0}
-    spent = {"step": [0.0, 0.0], "plain": [0.0, 0.0]}  # seconds before / after the Ray runs
+
+    def plain_loop(bf16: bool) -> PlainLoop:
+        return PlainLoop([table.paths[i] for i in range(len(table))], *models(), batch=b, n_global=a.num_global,
+                         n_local=a.num_local, g_size=a.global_size, l_size=a.local_size, g_scale=a.global_scale,
+                         l_scale=a.local_scale, lr=cfg.optim.lr * b / 256, weight_decay=cfg.optim.weight_decay,
+                         t_temp=getattr(cfg.method, "teacher_temp", 0.07),
+                         s_temp=getattr(cfg.method, "student_temp", 0.1), clip=cfg.optim.clip_grad, bf16=bf16)
+
+    plain = plain_loop(bf16)
+    timed = {"step": lambda i: step(views, i), "plain": plain}
+    if bf16:  # what a script gets without asking for bf16: the baseline a user compares rob_ray's default with
+        timed["plain_fp32"] = plain_loop(False)
+    counter = dict.fromkeys(timed, 0)
+    spent = {name: [0.0, 0.0] for name in timed}  # seconds before / after the Ray runs
 
     def alternate(phase: int) -> None:
         block = max(1, min(5, args.steps // 4))
         for _ in range(max(1, args.steps // block)):
-            for name, fn in (("step", lambda i: step(views, i)), ("plain", plain)):
+            for name, fn in timed.items():
                 t, _ = time_calls(fn, block, 0, cpu)
                 spent[name][phase] += t * block
                 counter[name] += block
 
     for i in range(args.warmup):
-        step(views, i), plain(i)
+        for fn in timed.values():
+            fn(i)
     alternate(0)
     # The two placements' crop work alone: batched in the worker (ViewsBuilder on a decoded batch), and
     # in one data actor (read + decode + shrink + draw + the batch's crops, one thread).
@@ -356,6 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     step_row = row("rob_ray step alone (TrainStep, ready-made views)", *rate("step"))
     plain_row = row("plain PyTorch loop, end to end (hand-written)", *rate("plain"))
+    fp32_row = row("plain PyTorch loop in fp32 (a script's default), end to end", *rate("plain_fp32")) if bf16 else None
     row("rob_ray batched crops alone (ViewsBuilder, crops_on=worker)", _rate(t_aug, b), "decoded batch in")
     row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
     row("one data actor, crops_on=data_actors: decode + batched crops", 1000 / per_image_ms, "1 thread")
@@ -367,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{args.warmup_windows} windows {e2e['steady_img_per_s']:.1f}", crops_on=policy.crops_on, **e2e)
         checks["e2e_vs_plain_loop"] = r["img_per_s"] / plain_row["img_per_s"]
         checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]
+        if fp32_row is not None:
+            checks["e2e_vs_fp32_plain_loop"] = r["img_per_s"] / fp32_row["img_per_s"]
     if other_e2e is not None:
         row(f"rob_ray end to end, augment.crops_on={other}", other_e2e.pop("img_per_s"),
             f"windows {other_e2e['window_rates']}", **other_e2e)

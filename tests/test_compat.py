@@ -15,11 +15,12 @@ from rob_ray.checks.compat import (
     check_normalisation,
     check_patch_sizes,
 )
-from rob_ray.checks.memory import CUDA_OVERHEAD_GIB, MEMORY_BUDGET, check_fits, estimate_memory, uses_bf16
+from rob_ray.checks.memory import CUDA_OVERHEAD_GIB, MEMORY_BUDGET, check_fits, estimate_memory
 from rob_ray.cli import main
 from rob_ray.config import ConfigError, StudentConfig, load_config
 from rob_ray.models import DINOHead, Student, Teacher, build_student
 from rob_ray.models.teachers.headless import HeadlessTeacher
+from rob_ray.precision import uses_bf16
 from tests.conftest import tiny_overrides
 
 

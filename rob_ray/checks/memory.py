@@ -1,5 +1,5 @@
-"""One GPU-memory estimate per training worker, one budget rule, one bf16 rule (plain torch: the GPU
-benchmark box imports this without pydantic or Ray).
+"""One GPU-memory estimate per training worker and one budget rule (plain torch: the GPU benchmark box
+imports this without pydantic or Ray); the bf16 rule is rob_ray/precision.py.
 
 `estimate_memory` measures instead of guessing from layer shapes: the bytes autograd saves for backward
 (saved-tensor hooks on a 2-image CPU forward under the run's autocast dtype) at the global and local crop
@@ -17,17 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CUDA_OVERHEAD_GIB", "GIB", "MEMORY_BUDGET", "check_fits", "estimate_memory", "estimate_worker_memory",
-           "uses_bf16"]
+from rob_ray.precision import uses_bf16
+
+__all__ = ["CUDA_OVERHEAD_GIB", "GIB", "MEMORY_BUDGET", "check_fits", "estimate_memory", "estimate_worker_memory"]
 
 GIB = float(1 << 30)
 CUDA_OVERHEAD_GIB = 1.0  # CUDA context + cuBLAS/cuDNN workspaces, measured ~0.5-1 GiB on recent cards
 MEMORY_BUDGET = 0.9  # of the GPU share: allocator fragmentation and fused-kernel workspaces are not modelled
-
-
-def uses_bf16(precision: str, on_gpu: bool) -> bool:
-    """The one rule: `bf16` always; `auto` = bf16 on a GPU, fp32 elsewhere; `fp32` never."""
-    return precision == "bf16" or (precision == "auto" and on_gpu)
 
 
 def _autocast(dtype: torch.dtype | None):

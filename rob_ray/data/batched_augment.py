@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rob_ray.data.policy import CropPolicy
+from rob_ray.precision import outside_autocast
 
 __all__ = [
     "AugmentParams",
@@ -340,7 +341,8 @@ class BatchedMultiCrop:
         plans = [self._plan(params, views, size, up) for views, size in groups]
         sent = up.send(images.device)  # on CUDA one pinned host->device copy: no stream syncs
         x = images.to(torch.float16 if images.is_cuda else torch.float32)  # once for every group
-        outs = [self._run(x, plan, sent, size) for plan, (_, size) in zip(plans, groups)]
+        with outside_autocast():  # a caller's bf16 autocast would run the blur's convolutions in bf16
+            outs = [self._run(x, plan, sent, size) for plan, (_, size) in zip(plans, groups)]
         return outs[0], (outs[1] if p.num_local else None)
 
     def _plan(self, params: AugmentParams, views: slice, size: int, up: _Upload) -> dict:

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rob_ray.checks.memory import uses_bf16
 from rob_ray.config import Config, OptimConfig
 from rob_ray.data.policy import CropPolicy
 from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.views import ViewsBuilder, ViewStream
 from rob_ray.eval.background import build_epoch_evaluator
 from rob_ray.eval.online import EpochEvaluator
+from rob_ray.precision import uses_bf16
 from rob_ray.train.context import TrainContext
 from rob_ray.train.elastic import rank_share, resize_note
 from rob_ray.train.faults import FaultInjector

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rob_ray.methods.base import Method, StepOutput, Views
+from rob_ray.precision import outside_autocast
 from rob_ray.train.faults import NonFiniteGuard
 from rob_ray.train.timing import StageClock, Timed
 
@@ -143,8 +144,10 @@ class TrainStep:
         pending = [while_computing] if while_computing is not None else []
 
         def run_pending() -> None:
-            while pending:
-                pending.pop()()
+            if pending:
+                with outside_autocast():  # the next step's views: data work, never in the step's precision
+                    while pending:
+                        pending.pop()()
 
         run_teacher, run_student = self.run_teacher, self.run_student
         if pending:

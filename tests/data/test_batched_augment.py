@@ -216,3 +216,17 @@ def test_padding_is_never_read():
     for seed in range(3):
         g, loc = BatchedMultiCrop(p)(images, sizes, torch.Generator().manual_seed(seed))
         assert g.abs().max() == 0 and loc.abs().max() == 0
+
+
+def test_views_do_not_depend_on_a_callers_autocast():
+    """A bf16 training step queues the next step's views from inside its autocast region; the crops'
+    blur is a convolution, which autocast would run in bf16 (and then fail to write it back)."""
+    p = CropPolicy(global_size=24, local_size=12, num_local=2, blur_prob=(1.0, 1.0, 1.0))
+    images, sizes = _batch(_photos(4))
+    aug = BatchedMultiCrop(p, MEAN, STD)
+    plain = aug(images, sizes, torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = aug(images, sizes, torch.Generator().manual_seed(5))
+        assert torch.is_autocast_enabled("cpu")  # the caller's context is restored
+    assert all(t.dtype == torch.float32 for t in inside)
+    assert torch.equal(plain[0], inside[0]) and torch.equal(plain[1], inside[1])

@@ -55,6 +55,14 @@ def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     assert c["e2e_vs_plain_loop"] == pytest.approx(e2e["img_per_s"] / plain["img_per_s"])
     assert c["e2e_vs_step_alone"] == pytest.approx(e2e["img_per_s"] / step["img_per_s"])
     assert "| rob_ray end to end (Ray Data + Ray Train, its metrics) |" in proc.stdout
+    # `auto` on a CPU: fp32, as the worker resolves it; the CPU's native bf16 is recorded beside it
+    from rob_ray.precision import cpu_computes_bf16
+
+    assert result["precision"] == "fp32" and result["cpu_native_bf16"] is cpu_computes_bf16()
+    fp32 = rows.get("plain PyTorch loop in fp32 (a script's default), end to end")
+    assert (fp32 is not None) == (result["precision"] == "bf16")
+    if fp32 is not None:
+        assert c["e2e_vs_fp32_plain_loop"] == pytest.approx(e2e["img_per_s"] / fp32["img_per_s"])
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -257,3 +257,20 @@ def test_while_computing_runs_once_after_the_teacher_forward():
     assert calls == ["teacher", "next views"]
     step(views, 1)  # without a callback: nothing extra
     assert calls == ["teacher", "next views", "teacher"]
+
+
+def test_while_computing_runs_outside_the_steps_autocast():
+    """The step's forward passes run in bf16; the host work it overlaps (the next step's views) does not."""
+    teacher, student = _linear_pair()
+    seen: dict[str, bool] = {}
+
+    def run_teacher(x):
+        seen["teacher"] = torch.is_autocast_enabled("cpu")
+        return teacher(x)
+
+    method = DinoMethod(teacher, student, DinoLoss(16))
+    step = TrainStep(method, student, make_optimizer(student), lr=0.1, run_teacher=run_teacher,
+                     autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    views = Views(torch.randn(8, 3, 16, 16), None, torch.full((4,), -1), 4, 2)
+    step(views, 0, while_computing=lambda: seen.__setitem__("next views", torch.is_autocast_enabled("cpu")))
+    assert seen == {"teacher": True, "next views": False}
