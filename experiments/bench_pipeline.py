@@ -23,7 +23,8 @@ OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-proc
 loop, the step alone) run with the same allocator and threading as rob_ray's worker.
 
     python experiments/bench_pipeline.py --other-placement   # the demo config (experiments/configs/demo.yaml)
-    python experiments/bench_pipeline.py run.precision=bf16   # rob_ray in bf16 autocast (CPUs with native bf16)
+    python experiments/bench_pipeline.py run.precision=bf16 augment.global_size=128 augment.local_size=64
+        # bf16 autocast (CPUs with native bf16); at the demo's 64 / 32 px crops preflight refuses bf16 on CPU
     python experiments/bench_pipeline.py --smoke --out /tmp/p.json   # tiny settings, a CI test
 """
 

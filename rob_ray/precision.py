@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CPU_BF16_FLAGS", "cpu_computes_bf16", "outside_autocast", "uses_bf16"]
+__all__ = ["CPU_BF16_FLAGS", "convs_on_one_pixel", "cpu_computes_bf16", "outside_autocast", "uses_bf16"]
 
 # x86 CPU flags (as Linux's /proc/cpuinfo names them) of native bf16 matrix maths, which oneDNN uses for
 # convolutions and matmuls under CPU autocast: AVX512-BF16 (Cooper Lake, Zen 4 and later), AMX (Sapphire
@@ -67,3 +67,37 @@ def outside_autocast() -> contextlib.ExitStack:
         if torch.is_autocast_enabled(device):
             stack.enter_context(torch.autocast(device, enabled=False))
     return stack
+
+
+def convs_on_one_pixel(model: torch.nn.Module, sizes: list[int]) -> list[tuple[str, int, tuple[int, int]]]:
+    """(name, input size in px, kernel) of every Conv2d with a kernel wider than 1 that gets a 1-pixel-high or
+    -wide input when `model` sees square `sizes` (one forward on zeros, 2 images per size, no grad).
+
+    Why: torch's CPU bf16 convolution backward leaves such a layer's weight gradient partly unwritten (NaN,
+    inf or 1e10 at random: measured with torch 2.14.1 on AVX512-BF16, README "Performance";
+    `experiments/check_cpu_bf16_conv.py` checks a torch build), so bf16 CPU training refuses those sizes."""
+    found: dict[tuple[str, int], tuple[int, int]] = {}
+    current: list[int] = []
+
+    def hook(name: str, conv: torch.nn.Conv2d):
+        def pre(_module: torch.nn.Module, args: tuple) -> None:
+            h, w = args[0].shape[-2:]
+            kh, kw = conv.kernel_size
+            if (h == 1 and kh > 1) or (w == 1 and kw > 1):
+                found.setdefault((name, current[0]), (kh, kw))
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(n, m)) for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Conv2d)]
+    was_training = model.training
+    try:
+        model.eval()  # BatchNorm's running statistics stay as they are
+        with torch.no_grad():
+            for size in sizes:
+                current[:] = [size]
+                model(torch.zeros(2, 3, size, size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return [(name, size, kernel) for (name, size), kernel in found.items()]

@@ -72,3 +72,31 @@ def test_unknown_gpu_size_skips_the_check(small_folder, tmp_path, monkeypatch):
     cfg = load_config(None, tiny_overrides(small_folder, tmp_path) + ["scaling.use_gpu=true"])
     teacher, student = _models(cfg)
     assert "skipped" in check_teacher_fits(cfg, teacher, student)["gpu_memory_check"]
+
+
+def test_convs_on_one_pixel_follow_the_arithmetic():
+    from rob_ray.precision import convs_on_one_pixel
+
+    # size s: the stride-2 conv makes ceil(s / 2) pixels, which the 3x3 conv then sees; the 1x1 conv never counts
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1))
+    net.train()
+    assert convs_on_one_pixel(net, [4, 2, 1]) == [("1", 2, (3, 3)), ("0", 1, (3, 3)), ("1", 1, (3, 3))]
+    assert convs_on_one_pixel(net, [8, 4]) == [] and net.training  # left in training mode
+
+
+def test_bf16_on_cpu_refuses_crops_that_give_a_conv_one_pixel(small_folder, tmp_path):
+    base = tiny_overrides(small_folder, tmp_path)  # 32 / 16 px crops: the test ResNet's layer 4 sees 1 pixel at both
+    with pytest.raises(ConfigError) as err:
+        preflight(load_config(None, [*base, "run.precision=bf16"]))
+    msg = str(err.value)
+    assert "\n" not in msg and "run.precision = bf16 on CPU workers" in msg
+    # the largest crop size that hits one is named, and twice it as the smallest that avoids it
+    assert re.search(r"layer4\.0\.conv\d \(3x3 kernel\) gets a 1-pixel input from 32 px crops", msg), msg
+    assert "run.precision=fp32" in msg and "at least 64 px" in msg
+    pre = preflight(load_config(None, [*base, "run.precision=fp32"]))  # fp32: no such limit
+    bigger = [*base, "run.precision=bf16", "augment.num_local=0", "augment.global_size=64"]
+    preflight(load_config(None, bigger), table=pre.table)  # no layer sees a single pixel at 64 px: accepted
+    gpu = [*base, "run.precision=bf16", "scaling.use_gpu=true"]
+    from rob_ray.checks.preflight import check_cpu_bf16
+
+    check_cpu_bf16(load_config(None, gpu), pre.student)  # GPU workers: the CPU kernel is not used

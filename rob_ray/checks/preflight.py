@@ -17,7 +17,7 @@ from rob_ray.checks.memory import check_fits, estimate_worker_memory
 from rob_ray.config import Config, ConfigError
 from rob_ray.data.sources import ImageTable, scan_images
 
-__all__ = ["Preflight", "check_teacher_fits", "estimate_worker_memory", "preflight"]
+__all__ = ["Preflight", "check_cpu_bf16", "check_teacher_fits", "estimate_worker_memory", "preflight"]
 
 
 @dataclass
@@ -61,6 +61,7 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     compat = check_compatibility(cfg, teacher, student)  # shapes, patch sizes, normalisation, method needs, memory
     if compat.errors:
         raise ConfigError(compat.errors[0])
+    check_cpu_bf16(cfg, student)
     if not is_uri(cfg.run.storage_path):  # a URI run's old config is pulled and checked by fit()
         check_resumable(cfg, cfg.run_dir())  # after the model checks: a typo'd arch is named as such
     workers = max(cfg.scaling.max_workers, 1)
@@ -100,6 +101,28 @@ def preflight(cfg: Config, table: ImageTable | None = None) -> Preflight:
     else:
         plan.setdefault("notes", []).append("memory check skipped: CPU run (scaling.use_gpu=false)")
     return Preflight(table=table, teacher=teacher, student=student, plan=plan)
+
+
+def check_cpu_bf16(cfg: Config, student: torch.nn.Module) -> None:
+    """`run.precision=bf16` on CPU workers: refuse crop sizes that give a student convolution a 1-pixel input,
+    where torch's CPU bf16 backward returns garbage weight gradients (`rob_ray.precision.convs_on_one_pixel`)."""
+    if cfg.run.precision != "bf16" or cfg.scaling.use_gpu:
+        return
+    from rob_ray.precision import convs_on_one_pixel
+
+    a = cfg.augment
+    sizes = sorted({a.global_size, *([a.local_size] if a.num_local else [])}, reverse=True)
+    try:
+        hits = convs_on_one_pixel(getattr(student, "backbone", student), sizes)
+    except Exception:  # a backbone that refuses plain square inputs: training says why, not this check
+        return
+    if hits:
+        name, size, (kh, kw) = hits[0]
+        raise ConfigError(
+            f"config error: run.precision = bf16 on CPU workers: the student's {name} ({kh}x{kw} kernel) gets a "
+            f"1-pixel input from {size} px crops, where torch {torch.__version__.split('+')[0]}'s CPU bf16 "
+            "convolution backward returns garbage weight gradients; use run.precision=fp32 (or auto), or crops "
+            f"of at least {2 * size} px")
 
 
 # ---------------------------------------------------------------- does the teacher fit beside the student?

@@ -92,3 +92,4 @@ def test_plain_loop_computes_in_the_precision_it_is_given(small_folder, tmp_path
     assert images.dtype == torch.uint8 and images.shape[0] == 4
     assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}
     assert torch.isfinite(torch.tensor(loss)) and not torch.equal(before, first.weight)
+
