@@ -54,6 +54,27 @@ def test_resumed_run_equals_uninterrupted_run(small_folder, tmp_path, crops_on):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # bitwise on CPU
 
 
+def test_bf16_on_cpu_resumes_bitwise_at_the_crop_sizes_preflight_accepts(small_folder, tmp_path):
+    """Where no student conv gets a 1-pixel input (the case preflight refuses: torch's CPU bf16 conv backward
+    returns garbage there), a bf16 run on CPU is as reproducible as an fp32 one: resumed equals uninterrupted."""
+    from rob_ray.checks.preflight import check_cpu_bf16
+    from rob_ray.methods import build_models
+
+    table = scan_images(small_folder)
+    bf16 = ["run.precision=bf16", "augment.global_size=64", "augment.local_size=64", "run.checkpoint_every_steps=3"]
+    check_cpu_bf16(load_config(None, [*tiny_overrides(small_folder, tmp_path), *bf16]),
+                   build_models(load_config(None, tiny_overrides(small_folder, tmp_path)))[1])  # accepted
+    _, full = _run(load_config(None, [*tiny_overrides(small_folder, tmp_path, "a"), *bf16]), table, tmp_path / "a")
+    base_b = [*tiny_overrides(small_folder, tmp_path, "b"), *bf16]
+    _run(load_config(None, [*base_b, "optim.max_steps=3"]), table, tmp_path / "b")
+    _, resumed = _run(load_config(None, base_b), table, tmp_path / "b")
+    assert resumed["step"] == full["step"] == 12 and resumed["nonfinite_steps"] == full["nonfinite_steps"] == 0
+    a = load_state(sorted((tmp_path / "a" / "checkpoints").iterdir())[-1])["student"]
+    b = load_state(sorted((tmp_path / "b" / "checkpoints").iterdir())[-1])["student"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
 class _FixedBatch(LocalContext):
     def batches(self, policy, schedule, start_step, end_step):
         batch = next(MultiCropMapper(self.table, policy, schedule, 0).iter_local(0, 1))
