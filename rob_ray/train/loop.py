@@ -45,7 +45,7 @@ from rob_ray.train.timing import StageClock, flops_per_image, mfu
 __all__ = ["build_optimizer", "param_groups", "train_loop", "worker_threads"]
 
 
-def build_optimizer(cfg: Config, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
     return optimizer_for(cfg.optim, model, fused=fused)
 
 
@@ -72,7 +72,7 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     share, end, spe, global_batch = steps.share, steps.end, steps.spe, steps.global_batch
     method.set_schedule(steps.total, spe)
     lr_sched, wd_sched = optim_schedules(cfg.optim, steps)
-    optimizer = build_optimizer(cfg, student, fused=is_cuda)
+    optimizer = build_optimizer(cfg, student)
 
     start, skipped = 0, 0
     faults, preempt = watchers(cfg, ctx)

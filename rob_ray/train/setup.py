@@ -102,7 +102,7 @@ def optim_schedules(optim: OptimConfig, steps: StepRange) -> tuple[np.ndarray, n
     return lr, cosine_schedule(optim.weight_decay, optim.weight_decay_end, steps.total)
 
 
-def optimizer_for(optim: OptimConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def optimizer_for(optim: OptimConfig, model: nn.Module, fused: bool | None = None) -> torch.optim.Optimizer:
     return make_optimizer(model, optim.optimizer, momentum=optim.momentum, fused=fused)
 
 

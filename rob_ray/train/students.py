@@ -331,7 +331,7 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
         run = StudentRun(name, scfg, student, method, torch.get_rng_state(),
                          torch.cuda.get_rng_state() if is_cuda else None)
         run.lr, run.wd = optim_schedules(scfg.optim, steps)
-        run.optimizer = optimizer_for(scfg.optim, student, fused=is_cuda)
+        run.optimizer = optimizer_for(scfg.optim, student)
         run.guard = NonFiniteGuard(cfg.run.max_nonfinite_steps, ctx.world_size)
         if cfg.run.checkpoint_score_metric and ctx.rank == 0:
             run.best = BestCheckpoint(ctx.run_dir, cfg.run.checkpoint_score_metric, cfg.run.checkpoint_score_mode,

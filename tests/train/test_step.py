@@ -274,3 +274,43 @@ def test_while_computing_runs_outside_the_steps_autocast():
     views = Views(torch.randn(8, 3, 16, 16), None, torch.full((4,), -1), 4, 2)
     step(views, 0, while_computing=lambda: seen.__setitem__("next views", torch.is_autocast_enabled("cpu")))
     assert seen == {"teacher": True, "next views": False}
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu_with_the_per_tensor_loops_updates():
+    """The default optimiser on CPU is torch's fused AdamW (one kernel per tensor: fewer parallel
+    regions per step); over 12 steps with decayed and undecayed groups it moves the weights as the
+    per-tensor AdamW does, to float rounding, and a skipped step leaves weights and state untouched."""
+    torch.manual_seed(0)
+    # (no conv bias before the BatchNorm: its gradient is rounding noise, which Adam scales to full steps)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 14 * 14, 10))
+    fused_model, loop_model = copy.deepcopy(model), copy.deepcopy(model)
+    fused, loop = make_optimizer(fused_model), make_optimizer(loop_model, fused=False)
+    assert [g["fused"] for g in fused.param_groups] == [True, True]
+    assert not any(g["fused"] for g in loop.param_groups)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(12):
+        x = torch.randn(4, 3, 16, 16, generator=gen)
+        for m, opt in ((fused_model, fused), (loop_model, loop)):
+            for g in opt.param_groups:
+                g["lr"] = 1e-3 * (1 + i / 12)
+                if g["regularized"]:
+                    g["weight_decay"] = 0.05
+            opt.zero_grad(set_to_none=True)
+            m(x).logsumexp(-1).mean().backward()
+            opt.step()
+    start = [p.detach().clone() for p in model.parameters()]
+    for a, b, s in zip(fused_model.parameters(), loop_model.parameters(), start):
+        assert not torch.equal(a, s)  # both moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    teacher, student = _linear_pair()
+    opt = make_optimizer(student)
+    step = TrainStep(DinoMethod(teacher, student, DinoLoss(16)), student, opt, lr=0.1,
+                     loss_hook=lambda loss, i: loss * float("inf") if i == 1 else loss)
+    views = Views(torch.randn(8, 3, 16, 16, generator=gen), None, torch.full((4,), -1), 4, 2)
+    assert step(views, 0).applied and opt.param_groups[0]["fused"]
+    before = [p.detach().clone() for p in student.parameters()]
+    state = [{k: v.clone() for k, v in opt.state[p].items()} for p in student.parameters()]
+    assert not step(views, 1).applied  # non-finite: skipped, weights and AdamW's moments untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert all(torch.equal(v, opt.state[p][k]) for s, p in zip(state, student.parameters()) for k, v in s.items())
