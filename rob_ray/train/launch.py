@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from rob_ray.train.checkpoint import CheckpointError, checkpoint_dirs, load_stat
 from rob_ray.train.plan import NodeShape, apply_plan, local_node, resource_plan
 from rob_ray.train.resume import check_resumable
 
-__all__ = ["QUIET_ENV", "WORKER_CPU_ENV", "FitResult", "busy_warning", "cluster_shortfalls", "fit", "init_ray",
-           "latest_checkpoint_dir", "plan_for", "resource_plan"]
+__all__ = ["QUIET_ENV", "STARVATION_DELAY_ENV", "WORKER_CPU_ENV", "FitResult", "busy_warning", "cluster_shortfalls",
+           "data_share_env", "fit", "init_ray", "latest_checkpoint_dir", "plan_for", "resource_plan"]
 
 # CPU settings of every worker process: glibc malloc settings that removed ~300k page faults per
 # step here (shared/README.md: 1.6x on a RoB step), and OpenMP threads that sleep instead of spinning
@@ -130,6 +131,7 @@ def init_ray(cfg: Config) -> None:
         "RAY_DATA_LOGGING_CONFIG", str(Path(package_root) / "rob_ray" / "ray_data_logging.yaml"))
     plan = resource_plan(cfg)
     num_cpus = cfg.scaling.ray_num_cpus or max(os.cpu_count() or 1, int(plan["total_cpus"] + 0.999))
+    runtime_env["env_vars"].update(data_share_env(num_cpus, plan, os.environ))
     # Custom resources a cluster config asks for (data_cpu...) exist on this one node too.
     custom = {k.removeprefix("resource/"): v for k, v in plan.items() if k.startswith("resource/")}
     # Ray starts worker processes at niceness 15, below its own daemons: on a small node every wake-up
@@ -142,6 +144,24 @@ def init_ray(cfg: Config) -> None:
              logging_level="WARNING", log_to_driver=True, dashboard_host="127.0.0.1",
              object_store_memory=min(2 << 30, _object_store_default()))
     _announce(how)
+
+
+# Ray Data 2.60 learns its CPUs from an autoscaling coordinator that hands out what Ray Train leaves on a
+# node in whole CPUs: with less than one CPU left (the demo's 0.2 on 2 cores), it counts none for the data
+# actors, although Ray Core placed them and they run, and after 60 s warns "Cluster resources are not enough
+# to run any task from ActorPoolMapOperator[...]. The job may hang forever unless the cluster scales up."
+STARVATION_DELAY_ENV = "RAY_DATA_STARVATION_WARNING_DELAY_S"
+
+
+def data_share_env(num_cpus: float, plan: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Environment for the workers of a one-node cluster started here for `plan`: when the data actors'
+    share is a fraction of one CPU, Ray Data's starvation warning (a false alarm then, see above) is
+    put past any run's length. A value the user set is kept; a cluster joined, or a share of at least
+    one CPU, changes nothing (there the warning can be real)."""
+    left_by_train = num_cpus - plan["train_cpus"]
+    if plan["data_cpus"] <= 0 or left_by_train >= 1.0:
+        return {}
+    return {STARVATION_DELAY_ENV: environ.get(STARVATION_DELAY_ENV, "1e9")}
 
 
 def _stale_cluster_file() -> str | None:

@@ -135,3 +135,21 @@ def test_plan_counts_the_evaluation_actor_and_names_its_shortfall():
     assert short[1] == ("1 CPU + 1 GPU on one node for the evaluation actor (eval.online_knn_mode=actor; no node has "
                         "them: lower eval.actor_cpus / eval.actor_gpus or use eval.online_knn_mode=async)")
     assert cluster_shortfalls(gpu_actor, {"CPU": 16.0, "GPU": 1.0}, [*cpu_nodes, {"CPU": 2.0, "GPU": 1.0}]) == []
+
+
+def test_a_fractional_data_share_quiets_ray_datas_false_starvation_warning():
+    """Ray Data 2.60 counts the CPUs Ray Train leaves in whole CPUs: below one, it warns after 60 s that the
+    running data actors can never run. On a cluster started for the plan that is a false alarm, put past
+    any run's length; with a whole CPU or more left (where the warning can be real) nothing changes."""
+    from rob_ray.train.launch import STARVATION_DELAY_ENV, data_share_env
+    from rob_ray.train.plan import NodeShape
+
+    demo = resource_plan(load_config(None, ["augment.crops_on=data_actors"]), NodeShape(cpus=2), decode_ms=1.5)
+    assert 2 - demo["train_cpus"] < 1 and demo["data_cpus"] > 0  # the demo's shape: 0.2 CPU for the actor
+    assert data_share_env(2, demo, {}) == {STARVATION_DELAY_ENV: "1e9"}
+    assert data_share_env(2, demo, {STARVATION_DELAY_ENV: "30"}) == {STARVATION_DELAY_ENV: "30"}  # the user's
+    whole = resource_plan(load_config(None, ["scaling.cpus_per_worker=1", "data.cpus_per_actor=1"]),
+                          NodeShape(cpus=2), decode_ms=1.5)
+    assert data_share_env(2, whole, {}) == {}
+    gpu_host = resource_plan(load_config(None, ["scaling.use_gpu=true"]), NodeShape(16, 1), decode_ms=1.5)
+    assert 16 - gpu_host["train_cpus"] >= 1 and data_share_env(16, gpu_host, {}) == {}
