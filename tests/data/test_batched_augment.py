@@ -22,6 +22,8 @@ from rob_ray.data.batched_augment import (
     grayscale,
     sample_boxes,
     sample_params,
+    select,
+    solarize,
 )
 from tests.conftest import DEMO_DATA
 
@@ -76,6 +78,41 @@ def test_colour_ops_match_torchvision(name):
     out = ours(x.clone(), f)
     for i in range(6):
         torch.testing.assert_close(out[i], theirs(x[i], float(f[i])), atol=2e-6, rtol=0)
+
+
+def _hue_with_where_and_mod(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The HSV hue rotation written with `where`, `%` and `max(dim)` (torchvision's formulas)."""
+    r, g, b = x.unbind(dim=1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
+    h6 = ((hue + shift.view(-1, 1, 1)) % 1.0) * 6
+    out = [maxc - delta * torch.minimum((h6 + n) % 6, 4 - (h6 + n) % 6).clamp(0.0, 1.0) for n in (5.0, 3.0, 1.0)]
+    return torch.stack(out, dim=1).clamp(0.0, 1.0)
+
+
+def test_hue_and_solarize_equal_the_where_and_mod_formulas_bit_for_bit():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(40, 3, 9, 9, generator=gen)
+    x[:4] = (x[:4] * 8).round() / 8  # ties between channels (two or three share the maximum)
+    x[4] = 0.5  # grey
+    x[5, :, :3] = 0.0
+    x[5, :, 3:6] = 1.0
+    x[6, 0], x[6, 1] = x[6, 1], x[6, 0]  # red and green swapped: the maximum moves channel
+    x[7] = 128 / 255  # exactly at the solarize threshold
+    x[8] = torch.nextafter(torch.tensor(128 / 255), torch.tensor(0.0))
+    # The extreme shifts (a whole period either way) and tiny ones round the hue up to 1.
+    shift = torch.cat([torch.tensor([-0.5, 0.5, 0.0, -0.0, 1e-9, -1e-9]), torch.rand(34, generator=gen) - 0.5])
+    assert torch.equal(adjust_hue(x, shift), _hue_with_where_and_mod(x, shift))
+    assert torch.equal(solarize(x), torch.where(x >= 128 / 255, 1.0 - x, x))
+    mask = torch.rand(x.shape, generator=gen) < 0.5
+    y = -torch.rand(x.shape, generator=gen)  # negative values and zeros of either sign
+    y[0, 0, 0] = -0.0
+    assert torch.equal(select(mask, x, y), torch.where(mask, x, y))
+    assert torch.equal(select(mask, y, x), torch.where(mask, y, x))
 
 
 def test_grayscale_and_blur_match_torchvision():
