@@ -24,6 +24,7 @@ Imports neither Ray nor pydantic (the lent GPU box has neither). Writes JSON to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -55,6 +56,7 @@ from rob_ray.methods.dino import DinoMethod
 from rob_ray.models import DINOHead, build_student
 from rob_ray.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Teacher
 from rob_ray.models.teachers.timm_teacher import create_timm_backbone
+from rob_ray.train.compiled import TeacherMode, prepare_teacher, teacher_mode
 from rob_ray.train.step import TrainStep, make_optimizer
 from rob_ray.train.timing import StageClock, flops_per_image, mfu, time_calls
 
@@ -141,17 +143,16 @@ class FastStep:
     loop's `StageClock` stages."""
 
     def __init__(self, teacher: Teacher, student: nn.Module, device: torch.device, compile_on: bool,
-                 clock: StageClock) -> None:
+                 clock: StageClock, teacher_run: TeacherMode = "eager", example: torch.Tensor | None = None) -> None:
         cuda = device.type == "cuda"
         if cuda:
             teacher = teacher.to(torch.bfloat16)
         self.teacher = teacher.to(memory_format=torch.channels_last)
         self.student = student.to(memory_format=torch.channels_last)
         method = DinoMethod(self.teacher, self.student, DinoLoss(teacher.num_prototypes)).to(device)
-        run_t, run_s = self.teacher, self.student
-        if compile_on:
-            run_t, run_s = torch.compile(run_t, dynamic=False), torch.compile(run_s, dynamic=False)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else None
+        run_t, _ = prepare_teacher(self.teacher, teacher_run, example, autocast or contextlib.nullcontext)
+        run_s = torch.compile(self.student, dynamic=False) if compile_on else self.student
         self.step = TrainStep(method, self.student, make_optimizer(self.student, "adamw", fused=cuda), lr=1e-4,
                               weight_decay=0.04, clip_grad=3.0, run_teacher=run_t, run_student=run_s, autocast=autocast,
                               clock=clock)
@@ -322,7 +323,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     views_cl = synthetic_views(policy, b, device, channels_last=True)
     t_c0 = time.perf_counter()
     try:
-        fast = FastStep(teacher, student, device, compile_on, clock)
+        # as the loop resolves run.compile / run.compile_teacher (a RoB teacher is frozen)
+        tmode = teacher_mode(None, None if args.compile == "auto" else compile_on, is_cuda=cuda, frozen_teacher=True)
+        result["teacher_run"] = tmode
+        fast = FastStep(teacher, student, device, compile_on, clock, tmode, views_cl.globals_)
         t_fast, fast_first = time_calls(lambda i: fast(views_cl, i), args.steps, args.warmup, device, clock)
     except Exception as exc:  # one device run: report and carry on uncompiled
         if not compile_on:
@@ -330,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checks["compile_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
         print(f"[bench] compiled step failed ({checks['compile_error']}); continuing eager", flush=True)
         compile_on = result["compile"] = False
+        result["teacher_run"] = "eager"
         torch._dynamo.reset()
         clock.collect()
         fast = FastStep(teacher, student, device, False, clock)

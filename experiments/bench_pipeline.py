@@ -11,7 +11,8 @@ Rows (same machine, same run, same models from the same config):
       (torchvision), batched random-resized crops with `roi_align` + flip + colour jitter, the same
       teacher / student / DINO loss / clipping / AdamW, every core as torch threads, end to end
       from the files. Measured before and after (1): the table shows their mean (and both);
-  (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs) on ready-made views;
+  (3) rob_ray's step alone (`rob_ray.train.step.TrainStep`, what the loop runs, with the teacher as the
+      worker runs it: compiled frozen on CPU by default, `rob_ray.train.compiled`) on ready-made views;
   (2) and (3) compute in the run's precision, resolved as the worker resolves it (`run.precision`: `auto` is
       fp32 on a CPU); with `run.precision=bf16`, (2) runs in fp32 too (a script's default);
   plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's), one
@@ -31,6 +32,7 @@ loop, the step alone) run with the same allocator and threading as rob_ray's wor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -61,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--other-placement", action="store_true", help="also run (1) with the other augment.crops_on")
     ap.add_argument("--capped", type=int, default=None, metavar="N", help="also run (1) with data.max_batches_ahead=N "
                     "(the actors at the step's pace, as on a dataset larger than the object-store budget)")
+    ap.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                    help="also run (1) with these config overrides (space-separated), right after the default run, "
+                    "e.g. --variant run.compile_teacher=false; repeatable")
     ap.add_argument("--omp-wait", choices=["worker", "default"], default="worker",
                     help="OpenMP wait policy of the in-process rows: rob_ray's worker setting (passive), or libgomp's "
                     "default (spin first), what a hand-written script gets")
@@ -247,8 +252,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rob_ray.config import load_config
     from rob_ray.data import MultiCropMapper, SampleSchedule, build_policy, scan_images
     from rob_ray.data.views import ViewsBuilder
-    from rob_ray.methods import Views, build_method, build_models
+    from rob_ray.methods import Views, build_method, build_models, needs_pretrained_teacher
     from rob_ray.precision import cpu_computes_bf16, uses_bf16
+    from rob_ray.train.compiled import prepare_teacher, teacher_mode
     from rob_ray.train.loop import build_optimizer
     from rob_ray.train.schedules import cosine_schedule
     from rob_ray.train.step import TrainStep
@@ -290,9 +296,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Both in-process rows compute in the run's precision, resolved as rob_ray's CPU worker resolves it.
     bf16 = uses_bf16(cfg.run.precision, on_gpu=False)
     result["precision"], result["cpu_native_bf16"] = ("bf16" if bf16 else "fp32"), cpu_computes_bf16()
-    step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
-                     clip_grad=cfg.optim.clip_grad,
-                     autocast=(lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else None)
     gen = torch.Generator().manual_seed(0)
 
     def crops(n: int, s: int) -> torch.Tensor:
@@ -300,6 +303,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     views = Views(crops(a.num_global, a.global_size), crops(a.num_local, a.local_size) if a.num_local else None,
                   torch.full((b,), -1), b, a.num_global)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    # The teacher as rob_ray's CPU worker runs it (run.compile / run.compile_teacher: compiled frozen by default)
+    mode = teacher_mode(cfg.run.compile_teacher, cfg.run.compile, is_cuda=False,
+                        frozen_teacher=needs_pretrained_teacher(cfg.method)) if method.calls_run_teacher() else "eager"
+    t0 = time.perf_counter()
+    run_teacher, note = prepare_teacher(teacher, mode, views.globals_, autocast)
+    result["teacher_run"], result["teacher_compile_s"] = ("eager" if note else mode), time.perf_counter() - t0
+    print(f"[bench] teacher: {result['teacher_run']} ({result['teacher_compile_s']:.1f} s){' - ' + note if note else ''}",
+          flush=True)
+    step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
+                     clip_grad=cfg.optim.clip_grad, run_teacher=run_teacher, autocast=autocast if bf16 else None)
     student.train()
 
     def plain_loop(bf16: bool) -> PlainLoop:
@@ -311,6 +325,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     plain = plain_loop(bf16)
     timed = {"step": lambda i: step(views, i), "plain": plain}
+    if run_teacher is not teacher:  # the same step with the eager teacher (run.compile_teacher=false), alternated
+        eager_step = TrainStep(method, student, step.optimizer, lr=lr, weight_decay=cfg.optim.weight_decay,
+                               clip_grad=cfg.optim.clip_grad, autocast=autocast if bf16 else None)
+        timed["step_eager"] = lambda i: eager_step(views, i)
     if bf16:  # what a script gets without asking for bf16: the baseline a user compares rob_ray's default with
         timed["plain_fp32"] = plain_loop(False)
     counter = dict.fromkeys(timed, 0)
@@ -343,9 +361,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # --- (1) rob_ray end to end
     e2e = other_e2e = capped_e2e = None
+    variants: list[tuple[str, dict[str, Any]]] = []
     if not args.no_ray:
         print("[bench] rob_ray end to end (Ray Data + Ray Train)", flush=True)
         e2e = rob_ray_end_to_end(cfg, args.windows, args.warmup_windows)
+        for overrides in args.variant:  # the same run with some settings changed, just after the default one
+            print(f"[bench] rob_ray end to end, {overrides}", flush=True)
+            alt = _resolve_paths(load_config(args.config, [*args.overrides, *overrides.split()]), REPO)
+            variants.append((overrides, rob_ray_end_to_end(alt, args.windows, args.warmup_windows)))
         if args.other_placement:  # the measured reason for the default placement
             print(f"[bench] rob_ray end to end, augment.crops_on={other}", flush=True)
             alt = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"crops_on": other})})
@@ -364,14 +387,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       if len(parts) > 1 else "")
 
     step_row = row("rob_ray step alone (TrainStep, ready-made views)", *rate("step"))
+    if "step_eager" in timed:
+        eager_row = row("rob_ray step alone, eager teacher (run.compile_teacher=false)", *rate("step_eager"))
+        checks_step = {"step_alone_vs_eager_teacher_step": step_row["img_per_s"] / eager_row["img_per_s"]}
+    else:
+        checks_step = {}
     plain_row = row("plain PyTorch loop, end to end (hand-written)", *rate("plain"))
     fp32_row = row("plain PyTorch loop in fp32 (a script's default), end to end", *rate("plain_fp32")) if bf16 else None
     row("rob_ray batched crops alone (ViewsBuilder, crops_on=worker)", _rate(t_aug, b), "decoded batch in")
     row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
     row("one data actor, crops_on=data_actors: decode + batched crops", 1000 / per_image_ms, "1 thread")
-    checks: dict[str, Any] = {}
+    checks: dict[str, Any] = dict(checks_step)
+    e2e_row = None
     if e2e is not None:
-        r = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),
+        r = e2e_row = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),
                 f"crops_on={policy.crops_on} (the default here), all {e2e['steps']} steps less "
                 f"{e2e['start_wait_s']:.1f} s of actor start; windows {e2e['window_rates']}; after "
                 f"{args.warmup_windows} windows {e2e['steady_img_per_s']:.1f}", crops_on=policy.crops_on, **e2e)
@@ -379,6 +408,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]
         if fp32_row is not None:
             checks["e2e_vs_fp32_plain_loop"] = r["img_per_s"] / fp32_row["img_per_s"]
+    for overrides, res in variants:
+        r = row(f"rob_ray end to end, {overrides}", res.pop("img_per_s"), f"windows {res['window_rates']}; after "
+                f"{args.warmup_windows} windows {res['steady_img_per_s']:.1f}", overrides=overrides, **res)
+        if e2e_row is not None:
+            checks[f"e2e_vs_variant[{overrides}]"] = e2e_row["img_per_s"] / r["img_per_s"]
     if other_e2e is not None:
         row(f"rob_ray end to end, augment.crops_on={other}", other_e2e.pop("img_per_s"),
             f"windows {other_e2e['window_rates']}", **other_e2e)
@@ -401,6 +435,7 @@ def print_table(result: dict[str, Any]) -> None:
     step = next(r for r in result["rows"] if r["row"].startswith("rob_ray step alone"))["img_per_s"]
     print(f"\n| row | img/s | x hand-written loop | x rob_ray step alone |   ({result['cpu_cores']} cores, "
           f"{result['torch_threads']} torch threads, {result.get('precision', 'fp32')}, OpenMP wait {result['omp_wait']}, "
+          f"rob_ray's teacher {result.get('teacher_run', 'eager')}, "
           f"torch {result['torch']}, "
           f"{result['views']}, batch {result['batch']})")
     print("|---|---:|---:|---:|")

@@ -31,6 +31,18 @@ def small_folder(tmp_path: Path) -> Path:
     return root
 
 
+def can_compile() -> bool:
+    """Whether torch.compile can build CPU code here (Inductor finds a C++ compiler); without one rob_ray's
+    compiled teacher falls back to eager, and the tests check that instead."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:
+        return False
+    return True
+
+
 def tiny_overrides(data_path: Path, storage: Path, name: str = "t") -> list[str]:
     """A config small enough for a CPU test step: 32/16 px crops, tiny student, small head."""
     return [
@@ -39,4 +51,5 @@ def tiny_overrides(data_path: Path, storage: Path, name: str = "t") -> list[str]
         "student.arch=test_resnet", "student.head.hidden_dim=64", "student.head.bottleneck_dim=32",
         "optim.batch_size=8", "optim.epochs=2", "optim.warmup_epochs=0", "run.log_every_steps=1",
         "scaling.num_workers=0", "scaling.cpus_per_worker=1",
+        "run.compile_teacher=false",  # ~5 s of compiling per run; tests/train/test_compiled_teacher.py covers it
     ]

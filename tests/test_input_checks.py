@@ -17,7 +17,8 @@ from rob_ray.cli import main
 from tests.conftest import DEMO_DATA
 
 SMALL = [f"data.path={DEMO_DATA / 'train'}", "student.arch=test_resnet", "augment.global_size=32",
-         "augment.local_size=16", "augment.num_local=2", "optim.batch_size=8", "scaling.num_workers=0"]
+         "augment.local_size=16", "augment.num_local=2", "optim.batch_size=8", "scaling.num_workers=0",
+         "run.compile_teacher=false"]
 
 
 def _a_photo():

@@ -74,6 +74,11 @@ class Method(nn.Module):
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
         raise NotImplementedError
 
+    def calls_run_teacher(self) -> bool:
+        """Whether `forward` runs the teacher through `run_teacher` (what the loop may compile); a method that
+        calls another entry point of `self.teacher` (`embed`, `forward_with_patches`) returns False."""
+        return True
+
     def set_schedule(self, total_steps: int, steps_per_epoch: int) -> None:
         """Called once by the loop before training: precompute per-step schedules (EMA momentum, temperatures)."""
 

@@ -27,6 +27,9 @@ class FeatureMethod(Method):
         self.loss = loss
         self._cosine: torch.Tensor | None = None
 
+    def calls_run_teacher(self) -> bool:
+        return False  # the embedding (`teacher.embed`), not the teacher's forward
+
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
         with torch.no_grad():
             # The embedding, not the head: a teacher with an SSL head still regresses its backbone features.

@@ -48,6 +48,9 @@ class IbotMethod(Method):
         return ibot_masks(globals_.shape[0], h, w, step_rng(), self.pred_ratio, self.pred_ratio_var,
                           self.pred_shape, self.pred_aspect_ratio)
 
+    def calls_run_teacher(self) -> bool:
+        return self.loss.lambda2 <= 0  # with the patch loss: `teacher.forward_with_patches`
+
     def forward(self, views: Views, run_teacher: Callable, run_student: Callable, step: int) -> StepOutput:
         masks = self.masks_for(views.globals_, views.keys).to(views.globals_.device)
         use_patch = self.loss.lambda2 > 0

@@ -34,6 +34,7 @@ from rob_ray.train.setup import (
     optim_schedules,
     optimizer_for,
     resume_position,
+    run_teacher,
     step_range,
     view_stream,
     watchers,
@@ -96,12 +97,11 @@ def train_loop(cfg: Config, ctx: TrainContext, num_images: int) -> dict[str, Any
     clock = StageClock(device)  # per-stage device times, read at logging steps only
     flops_image = flops_per_image(method, teacher, student, policy, device, autocast)
     model = distributed(student, ctx, dev, clock)
-    run_teacher, run_student = teacher, model
-    if dev.compile:
-        # Static shapes (fixed batch per worker, drop_last, unreadable rows kept): one graph per module.
-        run_teacher, run_student = torch.compile(teacher, dynamic=False), torch.compile(model, dynamic=False)
+    # Static shapes (fixed batch per worker, drop_last, unreadable rows kept): one graph per module.
+    run_student = torch.compile(model, dynamic=False) if dev.compile else model
+    teacher_fn = run_teacher(teacher, cfg, ctx, dev, steps, method.calls_run_teacher() and start < end)
     train_step = TrainStep(method, student, optimizer, lr=lr_sched, weight_decay=wd_sched, clip_grad=cfg.optim.clip_grad,
-                           run_teacher=run_teacher, run_student=run_student, autocast=autocast, guard=guard, clock=clock,
+                           run_teacher=teacher_fn, run_student=run_student, autocast=autocast, guard=guard, clock=clock,
                            loss_hook=lambda loss, i: faults.poison(loss, i + 1))
 
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None

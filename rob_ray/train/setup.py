@@ -25,7 +25,9 @@ from rob_ray.data.schedule import SampleSchedule
 from rob_ray.data.views import ViewsBuilder, ViewStream
 from rob_ray.eval.background import build_epoch_evaluator
 from rob_ray.eval.online import EpochEvaluator
+from rob_ray.methods import needs_pretrained_teacher
 from rob_ray.precision import uses_bf16
+from rob_ray.train.compiled import TeacherMode, prepare_teacher, teacher_mode
 from rob_ray.train.context import TrainContext
 from rob_ray.train.elastic import rank_share, resize_note
 from rob_ray.train.faults import FaultInjector
@@ -36,7 +38,7 @@ from rob_ray.train.step import make_optimizer
 from rob_ray.train.timing import StageClock, allreduce_timing_hook
 
 __all__ = ["DeviceSetup", "StepRange", "device_setup", "distributed", "epoch_evaluator", "optim_schedules",
-           "optimizer_for", "resume_position", "step_range", "view_stream", "watchers", "worker_threads"]
+           "optimizer_for", "resume_position", "run_teacher", "step_range", "view_stream", "watchers", "worker_threads"]
 
 
 def worker_threads(cfg: Config) -> int:
@@ -58,7 +60,8 @@ class DeviceSetup:
     use_bf16: bool
     autocast: Callable[[], Any]  # a fresh autocast (or null) context per call
     channels_last: bool
-    compile: bool  # torch.compile the teacher and the student(s)
+    compile: bool  # torch.compile the student(s)
+    teacher_mode: TeacherMode  # how the step runs the teacher (rob_ray.train.compiled)
 
 
 def device_setup(cfg: Config, ctx: TrainContext) -> DeviceSetup:
@@ -70,7 +73,9 @@ def device_setup(cfg: Config, ctx: TrainContext) -> DeviceSetup:
     use_bf16 = uses_bf16(cfg.run.precision, is_cuda)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     return DeviceSetup(device, is_cuda, use_bf16, autocast, cfg.run.channels_last,
-                       cfg.run.compile if cfg.run.compile is not None else is_cuda)
+                       cfg.run.compile if cfg.run.compile is not None else is_cuda,
+                       teacher_mode(cfg.run.compile_teacher, cfg.run.compile, is_cuda=is_cuda,
+                                    frozen_teacher=needs_pretrained_teacher(cfg.method)))
 
 
 @dataclass
@@ -132,6 +137,23 @@ def distributed(student: nn.Module, ctx: TrainContext, dev: DeviceSetup, clock: 
     model = nn.parallel.DistributedDataParallel(student, device_ids=[dev.device.index] if dev.is_cuda else None)
     model.register_comm_hook(None, allreduce_timing_hook(clock))
     return model
+
+
+def run_teacher(teacher: nn.Module, cfg: Config, ctx: TrainContext, dev: DeviceSetup, steps: StepRange,
+                called: bool = True) -> Callable[..., Any]:
+    """What the step calls as its teacher (`dev.teacher_mode`; eager when the methods never call it:
+    `called`, from `Method.calls_run_teacher`); rank 0 logs a fallback to eager."""
+    if not called:
+        return teacher
+    a = cfg.augment
+    example = torch.zeros(a.num_global * steps.schedule.rank_batch(ctx.rank), 3, a.global_size, a.global_size,
+                          device=dev.device)
+    if dev.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    run, note = prepare_teacher(teacher, dev.teacher_mode, example, dev.autocast)
+    if note and ctx.rank == 0:
+        print(f"[rob_ray] note: {note}", flush=True)
+    return run
 
 
 def view_stream(ctx: TrainContext, policy: CropPolicy, steps: StepRange, start: int, teacher: nn.Module,

@@ -47,6 +47,7 @@ from rob_ray.train.setup import (
     optim_schedules,
     optimizer_for,
     resume_position,
+    run_teacher,
     step_range,
     view_stream,
     watchers,
@@ -349,7 +350,8 @@ def train_students(cfg: Config, ctx: TrainContext, num_images: int,
                 print(f"[rob_ray] note: {run.name}: {note}", flush=True)
         start, skipped = resume_position(state, ctx, steps, f"{len(runs)} students ")
 
-    shared = SharedTeacher(teacher, torch.compile(teacher, dynamic=False) if dev.compile else teacher)
+    shared = SharedTeacher(teacher, run_teacher(teacher, cfg, ctx, dev, steps,
+                                                start < end and any(run.method.calls_run_teacher() for run in runs)))
     eval_shared: dict[str, Any] = {}  # eval.online_knn_mode=actor: one evaluation actor for every student
     writer = MetricsWriter(ctx.run_dir, end) if ctx.rank == 0 else None
     for run in runs:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, can_compile
 from tests.processes import HANG_TIMEOUT_S
 
 sys.path.insert(0, str(REPO / "experiments"))
@@ -37,7 +37,8 @@ def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     out = tmp_path / "pipeline.json"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    proc = subprocess.run([sys.executable, "experiments/bench_pipeline.py", "--smoke", "--out", str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "experiments/bench_pipeline.py", "--smoke", "--out", str(out),
+                           "--variant", "run.compile_teacher=false"], cwd=REPO,
                           capture_output=True, text=True, timeout=HANG_TIMEOUT_S, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -55,6 +56,16 @@ def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     assert c["e2e_vs_plain_loop"] == pytest.approx(e2e["img_per_s"] / plain["img_per_s"])
     assert c["e2e_vs_step_alone"] == pytest.approx(e2e["img_per_s"] / step["img_per_s"])
     assert "| rob_ray end to end (Ray Data + Ray Train, its metrics) |" in proc.stdout
+    # The step alone runs the teacher as the worker does: compiled frozen on CPU where torch can compile,
+    # timed against the eager teacher in the same run; the variant reruns (1) with the eager teacher.
+    assert result["teacher_run"] == ("frozen" if can_compile() else "eager")
+    eager_step = rows.get("rob_ray step alone, eager teacher (run.compile_teacher=false)")
+    assert (eager_step is not None) == (result["teacher_run"] == "frozen")
+    if eager_step is not None:
+        assert c["step_alone_vs_eager_teacher_step"] == pytest.approx(step["img_per_s"] / eager_step["img_per_s"])
+    variant = rows["rob_ray end to end, run.compile_teacher=false"]
+    assert variant["overrides"] == "run.compile_teacher=false" and variant["timed_steps"] == e2e["timed_steps"]
+    assert c["e2e_vs_variant[run.compile_teacher=false]"] == pytest.approx(e2e["img_per_s"] / variant["img_per_s"])
     # `auto` on a CPU: fp32, as the worker resolves it; the CPU's native bf16 is recorded beside it
     from rob_ray.precision import cpu_computes_bf16
 

@@ -12,7 +12,7 @@ from rob_ray.config import ConfigError, load_config, save_config
 from rob_ray.train.resume import changed_keys, check_resumable
 from tests.conftest import REPO
 
-TINY = ["student.arch=test_resnet", "student.head.hidden_dim=32", "student.head.bottleneck_dim=8"]
+TINY = ["student.arch=test_resnet", "student.head.hidden_dim=32", "student.head.bottleneck_dim=8", "run.compile_teacher=false"]
 
 
 def test_changed_keys_lists_only_differences_under_the_sections():
