@@ -30,7 +30,7 @@ from typing import Any
 from rob_ray.config import Config
 
 __all__ = ["CPU_IMG_PER_S_PER_CORE", "DEFAULT_DECODE_MS", "GPU_IMG_PER_S", "MIN_ACTOR_CPUS", "NodeShape", "apply_plan",
-           "eval_actor_resources", "local_node", "resource_plan"]
+           "eval_actor_resources", "local_node", "resource_plan", "teacher_line"]
 
 CPU_IMG_PER_S_PER_CORE = 40.0  # the demo step (Lite0 -> ResNet-10-T, 2x64 + 4x32 px) measured ~81 img/s on 2 cores
 GPU_IMG_PER_S = 3000.0  # the anchor config's end-to-end target on one H100/H200
@@ -123,6 +123,7 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
     threads = s.torch_threads or max(1, math.ceil(min(worker_cpus, cores) - 0.05))
     why.append(f"training worker: {worker_cpus:g} CPUs ({src}), {threads} torch threads"
                + (" (scaling.torch_threads)" if s.torch_threads else ""))
+    why.append(teacher_line(cfg))
     train_cpu = worker_cpus * n_workers if n_workers else 0.0
     data_cpu = workers * data_per_worker
     gpus = (s.gpus_per_worker * n_workers if s.use_gpu else 0.0) + eval_gpus
@@ -140,6 +141,19 @@ def resource_plan(cfg: Config, node: NodeShape | None = None, decode_ms: float |
         plan["nodes"] = float(-(-workers // s.workers_per_node))
     plan["why"] = why
     return plan
+
+
+def teacher_line(cfg: Config) -> str:
+    """How the worker will run the teacher (`rob_ray.train.compiled`), for `--dry-run`."""
+    from rob_ray.methods import needs_pretrained_teacher
+    from rob_ray.train.compiled import teacher_mode
+
+    mode = teacher_mode(cfg.run.compile_teacher, cfg.run.compile, is_cuda=cfg.scaling.use_gpu,
+                        frozen_teacher=needs_pretrained_teacher(cfg.method))
+    return {"eager": "teacher: eager (run.compile_teacher / run.compile off, or an EMA teacher on CPU)",
+            "compiled": "teacher: torch.compile'd at its first step (run.compile)",
+            "frozen": "teacher: compiled frozen for inference at set-up, ~5-10 s (a pretrained teacher on CPU; "
+                      "run.compile_teacher=false: eager; eager with a note where torch cannot compile)"}[mode]
 
 
 def eval_actor_resources(cfg: Config) -> tuple[float, float]:

@@ -153,3 +153,17 @@ def test_a_fractional_data_share_quiets_ray_datas_false_starvation_warning():
     assert data_share_env(2, whole, {}) == {}
     gpu_host = resource_plan(load_config(None, ["scaling.use_gpu=true"]), NodeShape(16, 1), decode_ms=1.5)
     assert 16 - gpu_host["train_cpus"] >= 1 and data_share_env(16, gpu_host, {}) == {}
+
+
+def test_the_plan_says_how_the_worker_runs_the_teacher():
+    """`--dry-run` shows whether the teacher will be compiled frozen (CPU default), compiled lazily (GPU) or eager."""
+    from rob_ray.train.plan import NodeShape
+
+    def line(cfg):
+        plan = resource_plan(cfg, NodeShape(cpus=16, gpus=1) if cfg.scaling.use_gpu else NodeShape(cpus=2), 0.5)
+        return [w for w in plan["why"] if w.startswith("teacher:")]
+
+    assert line(load_config(None, []))[0].startswith("teacher: compiled frozen for inference at set-up")
+    assert line(load_config(None, GPU_RUN))[0].startswith("teacher: torch.compile'd at its first step")
+    assert line(load_config(None, ["run.compile_teacher=false"]))[0].startswith("teacher: eager")
+    assert line(load_config(None, ["method.name=dino_scratch", "method.out_dim=16"]))[0].startswith("teacher: eager")
