@@ -17,7 +17,13 @@ Rows (same machine, same run, same models from the same config):
       fp32 on a CPU); with `run.precision=bf16`, (2) runs in fp32 too (a script's default);
   plus the crops alone for both (rob_ray's `ViewsBuilder` on a decoded batch, the plain loop's), one
   data actor's per-image rate for the other placement, and with `--other-placement` (1) again with
-  the other `augment.crops_on` (the measured reason for the default).
+  the other `augment.crops_on` (the measured reason for the default);
+  (4) the no-overhead rate (`no_overhead_rate`): the step's core-seconds per image and the data
+      actors', added and spread over every core, with nothing else running and no core idle: what
+      (1) reaches when Ray costs nothing and the actors' work fits nowhere but beside the step (work
+      hidden in the step's own idle moments could beat it). Beside the table: the step's nominal
+      FLOP rate against a large matrix product on the same threads (the share of the CPU's
+      arithmetic the step uses).
 
 The process re-executes itself once with the CPU settings rob_ray gives its Ray workers (glibc malloc,
 OpenMP wait policy: `WORKER_CPU_ENV` in rob_ray/train/launch.py), so the in-process rows (the plain
@@ -184,6 +190,21 @@ def _rate(seconds_per_step: float, batch: int) -> float:
     return batch / seconds_per_step
 
 
+def no_overhead_rate(step_img_per_s: float, threads: int, cores: int, actor_ms_per_image: float,
+                   worker_crops_img_per_s: float | None = None) -> float:
+    """The end-to-end rate when the step (on `threads` threads) and the data actors' work per image
+    share `cores` cores with no overhead, no idle core and no contention.
+
+    Per image the step costs threads / step rate core-seconds (its threads held for its whole
+    duration, as a spinning OpenMP team holds them), an actor actor_ms / 1000 (one thread), and
+    with the crops in the worker (`worker_crops_img_per_s`, on the step's threads) they run in
+    series with the step. The rate is cores over the core-seconds, and at most what the worker
+    alone reaches (the step, plus its crops when it makes them)."""
+    per_image = 1 / step_img_per_s + (1 / worker_crops_img_per_s if worker_crops_img_per_s else 0.0)
+    core_s = threads * per_image + actor_ms_per_image / 1000
+    return min(cores / core_s, 1 / per_image)
+
+
 def rob_ray_end_to_end(cfg, windows: int, warmup_windows: int) -> dict[str, Any]:
     """The real training for (warm-up + timed) logging windows; the rate from its metrics.jsonl."""
     import ray
@@ -216,7 +237,10 @@ def rob_ray_end_to_end(cfg, windows: int, warmup_windows: int) -> dict[str, Any]
     timed_steps = sum(n for _, n in timed)
     steady = timed_steps * global_batch / sum(window_s(r, n) for r, n in timed)
     timed = [r for r, _ in timed]
-    return {"img_per_s": images / whole_s, "steady_img_per_s": steady, "steps": steps, "timed_steps": timed_steps,
+    stages = sorted({k for r in timed for k in r if k.startswith("time/")})
+    stage_ms = {k.removeprefix("time/"): 1000 * sum(r.get(k, 0.0) for r in timed) / max(timed_steps, 1) for k in stages}
+    return {"img_per_s": images / whole_s, "stage_ms_per_step": stage_ms,
+            "steady_img_per_s": steady, "steps": steps, "timed_steps": timed_steps,
             "wall_s": wall, "window_rates": [round(r["img_per_s"], 1) for r, _ in windows_],
             "window_s": [window_s(r, n) for r, n in windows_],
             "start_wait_s": rows[0].get("time/data/wait", 0.0),
@@ -258,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rob_ray.train.loop import build_optimizer
     from rob_ray.train.schedules import cosine_schedule
     from rob_ray.train.step import TrainStep
-    from rob_ray.train.timing import time_calls
+    from rob_ray.train.timing import StageClock, flops_per_image, matmul_flop_rate, time_calls
 
     cfg = _resolve_paths(load_config(args.config, args.overrides), REPO)
     table = scan_images(cfg.data.path, cfg.data.format, cfg.data.parquet_image_column, cfg.data.parquet_label_column,
@@ -312,8 +336,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["teacher_run"], result["teacher_compile_s"] = ("eager" if note else mode), time.perf_counter() - t0
     print(f"[bench] teacher: {result['teacher_run']} ({result['teacher_compile_s']:.1f} s){' - ' + note if note else ''}",
           flush=True)
+    step_clock = StageClock(cpu)  # the stages the worker's metrics time too, to set them side by side
     step = TrainStep(method, student, build_optimizer(cfg, student), lr=lr, weight_decay=cfg.optim.weight_decay,
-                     clip_grad=cfg.optim.clip_grad, run_teacher=run_teacher, autocast=autocast if bf16 else None)
+                     clip_grad=cfg.optim.clip_grad, run_teacher=run_teacher, autocast=autocast if bf16 else None,
+                     clock=step_clock)
     student.train()
 
     def plain_loop(bf16: bool) -> PlainLoop:
@@ -345,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for i in range(args.warmup):
         for fn in timed.values():
             fn(i)
+    step_clock.collect()  # the warm-up's stages out: the clock then holds the timed blocks' only
     alternate(0)
     # The two placements' crop work alone: batched in the worker (ViewsBuilder on a decoded batch), and
     # in one data actor (read + decode + shrink + draw + the batch's crops, one thread).
@@ -358,6 +385,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     other = "data_actors" if policy.crops_on == "worker" else "worker"
     per_image_ms = measure_decode_ms(table, placed["data_actors"], n=16)
+    # What the default placement's actors do per image (decode only when the worker crops).
+    actor_ms = per_image_ms if policy.crops_on == "data_actors" else measure_decode_ms(table, placed["worker"], n=16)
+    # How much of the CPU's arithmetic the step uses: its nominal FLOPs per image (FlopCounterMode) at the
+    # step-alone rate, against a large matrix product on the same threads (measured after the Ray runs).
+    result["step_gflop_per_image"] = flops_per_image(method, teacher, student, policy, cpu) / 1e9
 
     # --- (1) rob_ray end to end
     e2e = other_e2e = capped_e2e = None
@@ -379,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             capped_e2e = rob_ray_end_to_end(capped, args.windows, args.warmup_windows)
         torch.set_num_threads(threads)
         alternate(1)
+    result["matmul_gflop_per_s"] = matmul_flop_rate(cpu) / 1e9
 
     def rate(name: str) -> tuple[float, str]:
         n_phase = counter[name] // (2 if spent[name][1] else 1)
@@ -387,6 +420,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       if len(parts) > 1 else "")
 
     step_row = row("rob_ray step alone (TrainStep, ready-made views)", *rate("step"))
+    alone = {k: 1000 * v / counter["step"] for k, v in step_clock.collect().items()}
+    result["stage_ms_per_step"] = {"step_alone": {**alone, "step": 1000 * b / step_row["img_per_s"]}}
     if "step_eager" in timed:
         eager_row = row("rob_ray step alone, eager teacher (run.compile_teacher=false)", *rate("step_eager"))
         checks_step = {"step_alone_vs_eager_teacher_step": step_row["img_per_s"] / eager_row["img_per_s"]}
@@ -397,7 +432,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     row("rob_ray batched crops alone (ViewsBuilder, crops_on=worker)", _rate(t_aug, b), "decoded batch in")
     row("plain loop: decode + crops alone", _rate(t_plain_aug, b))
     row("one data actor, crops_on=data_actors: decode + batched crops", 1000 / per_image_ms, "1 thread")
+    result["step_gflop_per_s"] = step_row["img_per_s"] * result["step_gflop_per_image"]
+    cores = os.cpu_count() or threads
+    ideal_row = row("no-overhead rate: the step's and the data actors' CPU time on every core",
+                    no_overhead_rate(step_row["img_per_s"], threads, cores, actor_ms,
+                                   _rate(t_aug, b) if policy.crops_on == "worker" else None),
+                    f"{cores} cores; actors {actor_ms:.2f} core-ms per image (crops_on={policy.crops_on})")
     checks: dict[str, Any] = dict(checks_step)
+    checks["no_overhead_vs_plain_loop"] = ideal_row["img_per_s"] / plain_row["img_per_s"]
+    checks["no_overhead_vs_step_alone"] = ideal_row["img_per_s"] / step_row["img_per_s"]
     e2e_row = None
     if e2e is not None:
         r = e2e_row = row("rob_ray end to end (Ray Data + Ray Train, its metrics)", e2e.pop("img_per_s"),
@@ -406,6 +449,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{args.warmup_windows} windows {e2e['steady_img_per_s']:.1f}", crops_on=policy.crops_on, **e2e)
         checks["e2e_vs_plain_loop"] = r["img_per_s"] / plain_row["img_per_s"]
         checks["e2e_vs_step_alone"] = r["img_per_s"] / step_row["img_per_s"]
+        checks["e2e_vs_no_overhead"] = r["img_per_s"] / ideal_row["img_per_s"]
+        result["stage_ms_per_step"]["rob_ray_worker"] = r["stage_ms_per_step"]
         if fp32_row is not None:
             checks["e2e_vs_fp32_plain_loop"] = r["img_per_s"] / fp32_row["img_per_s"]
     for overrides, res in variants:
@@ -441,6 +486,17 @@ def print_table(result: dict[str, Any]) -> None:
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['img_per_s']:.1f} | {r['img_per_s'] / plain:.2f} | {r['img_per_s'] / step:.2f} |")
+    stages = result.get("stage_ms_per_step", {})
+    if "rob_ray_worker" in stages:  # the same stages, timed the same way, in a plain process and in the worker
+        alone, worker = stages["step_alone"], stages["rob_ray_worker"]
+        print("\n| stage, ms per step | step alone | rob_ray's worker (after the warm-up windows) |\n|---|---:|---:|")
+        for k in [*alone, *(k for k in worker if k not in alone)]:
+            a, w = alone.get(k), worker.get(k)
+            print(f"| {k} | {'' if a is None else f'{a:.1f}'} | {'' if w is None else f'{w:.1f}'} |")
+    if "step_gflop_per_s" in result:
+        print(f"the step: {result['step_gflop_per_image']:.2f} GFLOP per image (nominal), {result['step_gflop_per_s']:.1f} "
+              f"GFLOP/s at the step-alone rate; a {2048}x{2048} matrix product on the same threads: "
+              f"{result['matmul_gflop_per_s']:.1f} GFLOP/s")
     print("checks:", json.dumps({k: round(v, 3) for k, v in result["checks"].items()}), flush=True)
 
 

@@ -5,7 +5,9 @@
 - `allreduce_timing_hook`: a DDP comm hook that times the gradient all-reduce;
 - `flops_per_image` / `mfu`: FLOPs of one training image (teacher forward on the global views,
   student forward + backward on all views), counted once at start-up with FlopCounterMode;
-- `time_calls`: seconds per call of a callable after warm-up (what the benchmarks report).
+- `time_calls`: seconds per call of a callable after warm-up (what the benchmarks report);
+- `matmul_flop_rate`: what a large matrix product reaches on this device and thread count, the
+  yardstick a step's FLOP rate is read against.
 
 Plain torch: no Ray, no config import (the GPU benchmark box has neither).
 """
@@ -25,7 +27,8 @@ from torch import nn
 from rob_ray.data.policy import CropPolicy
 from rob_ray.methods.base import Views
 
-__all__ = ["StageClock", "Timed", "allreduce_timing_hook", "flops_per_image", "mfu", "sync", "time_calls"]
+__all__ = ["StageClock", "Timed", "allreduce_timing_hook", "flops_per_image", "matmul_flop_rate", "mfu", "sync",
+           "time_calls"]
 
 
 class StageClock:
@@ -168,3 +171,22 @@ def time_calls(fn: Callable[[int], Any], calls: int, warmup: int, device: torch.
         fn(warmup + i)
     sync(device)
     return (time.perf_counter() - t0) / max(calls, 1), first
+
+
+def matmul_flop_rate(device: torch.device, n: int = 2048, calls: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an (n x n) @ (n x n) product on `device` with torch's current threads, the best of
+    `calls` after two untimed ones: about the device's peak for `dtype` (a CPU's FMA units, a GPU's
+    tensor cores), measured rather than read from a data sheet."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(calls + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        if i >= 2:  # the first two pay for allocation and the threads' start
+            best = min(best, seconds)
+    return 2 * n**3 / best

@@ -32,6 +32,21 @@ def test_in_process_env_is_the_workers_or_libgomps_default_wait():
     assert bench_pipeline.in_process_env(default, "default") == default  # no second re-exec
 
 
+def test_no_overhead_rate_shares_the_cores_between_the_step_and_the_actors():
+    ideal = bench_pipeline.no_overhead_rate
+    # 2 cores, a 2-thread step at 144.6 img/s (13.83 core-ms per image) and actors at 1.339 core-ms per image:
+    # 2 cores / 15.17 core-ms = 131.8 img/s, below the step alone.
+    assert ideal(144.6, 2, 2, 1.339) == pytest.approx(2 / (2 / 144.6 + 1.339e-3))
+    assert ideal(144.6, 2, 2, 1.339) == pytest.approx(131.84, abs=0.01)
+    assert ideal(144.6, 2, 2, 0.0) == pytest.approx(144.6)  # free decoding: the step itself
+    # Crops in the worker: in series with the step (1 / (1/100 + 1/1000) = 90.9 img/s), then the cores:
+    # 2 x 11 ms + 0.5 ms = 22.5 core-ms per image -> 88.9 img/s.
+    assert ideal(100.0, 2, 2, 0.5, worker_crops_img_per_s=1000.0) == pytest.approx(2 / 0.0225)
+    # A 16-core node with a 15-thread step: the spare core covers cheap actors, and the step caps the rate.
+    assert ideal(1000.0, 15, 16, 0.5) == pytest.approx(1000.0)
+    assert ideal(1000.0, 15, 16, 2.0) == pytest.approx(16 / 0.017)
+
+
 @pytest.mark.ray
 def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     out = tmp_path / "pipeline.json"
@@ -55,6 +70,28 @@ def test_bench_pipeline_smoke_prints_the_comparison(tmp_path):
     c = result["checks"]
     assert c["e2e_vs_plain_loop"] == pytest.approx(e2e["img_per_s"] / plain["img_per_s"])
     assert c["e2e_vs_step_alone"] == pytest.approx(e2e["img_per_s"] / step["img_per_s"])
+    # The no-overhead rate, from the same run's step and actor rates (the default placement on a CPU:
+    # the actors crop, at the "one data actor" row's rate).
+    actor = rows["one data actor, crops_on=data_actors: decode + batched crops"]
+    ideal = rows["no-overhead rate: the step's and the data actors' CPU time on every core"]
+    assert ideal["img_per_s"] == pytest.approx(bench_pipeline.no_overhead_rate(
+        step["img_per_s"], result["torch_threads"], result["cpu_cores"], 1000 / actor["img_per_s"]))
+    assert c["e2e_vs_no_overhead"] == pytest.approx(e2e["img_per_s"] / ideal["img_per_s"])
+    assert c["no_overhead_vs_plain_loop"] == pytest.approx(ideal["img_per_s"] / plain["img_per_s"])
+    assert c["no_overhead_vs_step_alone"] == pytest.approx(ideal["img_per_s"] / step["img_per_s"])
+    assert c["no_overhead_vs_step_alone"] <= 1.0 + 1e-9
+    # The step's FLOP rate, against a matrix product on the same threads
+    assert result["step_gflop_per_image"] > 0 and result["matmul_gflop_per_s"] > 0
+    assert result["step_gflop_per_s"] == pytest.approx(step["img_per_s"] * result["step_gflop_per_image"])
+    assert "GFLOP/s at the step-alone rate" in proc.stdout
+    # The step's stages, timed alike in a plain process and in the worker (its metrics, timed windows only)
+    stages = result["stage_ms_per_step"]
+    for where in ("step_alone", "rob_ray_worker"):
+        assert all(stages[where][k] > 0 for k in ("teacher/forward", "student/forward_backward", "optimizer", "step"))
+    assert stages["step_alone"]["step"] == pytest.approx(1000 * result["batch"] / step["img_per_s"])
+    parts = sum(stages["rob_ray_worker"][k] for k in ("teacher/forward", "student/forward_backward", "optimizer"))
+    assert parts <= stages["rob_ray_worker"]["step"] * 1.001  # the stages lie inside the worker's step
+    assert "| stage, ms per step | step alone |" in proc.stdout
     assert "| rob_ray end to end (Ray Data + Ray Train, its metrics) |" in proc.stdout
     # The step alone runs the teacher as the worker does: compiled frozen on CPU where torch can compile,
     # timed against the eager teacher in the same run; the variant reruns (1) with the eager teacher.

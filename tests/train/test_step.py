@@ -24,7 +24,7 @@ from rob_ray.models.teachers import Teacher
 from rob_ray.train import LocalContext
 from rob_ray.train.loop import train_loop
 from rob_ray.train.step import TrainStep, make_optimizer, param_groups
-from rob_ray.train.timing import StageClock, flops_per_image, mfu
+from rob_ray.train.timing import StageClock, flops_per_image, matmul_flop_rate, mfu
 from tests.conftest import tiny_overrides
 
 
@@ -81,6 +81,28 @@ def test_flops_per_image_matches_a_hand_count():
     student = views * (mm(1, 48, d) + mm(1, d, k)) + views * (mm(1, 48, d) + 2 * mm(1, d, k))
     assert got == teacher_fwd + student
     assert mfu(1000.0, got, 1.0) == pytest.approx(1000.0 * got / 1e12) and mfu(1.0, got, None) is None
+
+
+def test_matmul_flop_rate_is_the_best_timed_product(monkeypatch):
+    """2 n^3 FLOPs over the fastest timed product; the two untimed ones are not counted even when faster."""
+    import rob_ray.train.timing as timing
+
+    durations = iter([0.5, 0.5, 4.0, 2.0, 3.0])  # 2 untimed, then 3 timed: the best timed one is 2 s
+    now = [0.0]
+    ticks = []
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            ticks.append(now[0])
+            if len(ticks) % 2:  # a start: the product then "takes" the next duration
+                now[0] += next(durations)
+                return ticks[-1]
+            return now[0]
+
+    monkeypatch.setattr(timing, "time", Clock)
+    assert matmul_flop_rate(torch.device("cpu"), n=8, calls=3) == pytest.approx(2 * 8**3 / 2.0)
+    assert len(ticks) == 10
 
 
 def test_stage_clock_on_cpu():
